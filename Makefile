@@ -1,0 +1,53 @@
+# The one place commands live: the README, .ci/run and the workflows call these targets.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+DEPS   := $(VENV)/.deps-installed
+PORT   ?= 8000
+
+.PHONY: venv build-dev build-release test test-rust test-python lint demo bench clean
+
+$(DEPS): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "maturin>=1.9.4,<2" fastapi python-multipart orjson \
+		pytest pytest-timeout anyio httpx httpx2 hypothesis uvicorn pytest-benchmark ruff mypy
+	touch $@
+
+venv: $(DEPS)
+
+## Build the extension with the dev profile and install the package in the venv (editable).
+build-dev: $(DEPS)
+	$(VENV)/bin/maturin develop -q
+
+## Optimised build, for benchmarks.
+build-release: $(DEPS)
+	$(VENV)/bin/maturin develop -q --release
+
+test-rust:
+	cargo test -q
+
+test-python: build-dev
+	$(PY) -m pytest -q
+
+## Build, then run the Rust tests and the Python suite.
+test: build-dev test-rust test-python
+
+lint: $(DEPS)
+	cargo fmt --check
+	cargo clippy -q --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest fastapi_taskflow._core
+
+## Start the quick start app on SQLite, send it traffic, print where to look.
+demo: build-release
+	$(PY) examples/demo.py --port $(PORT)
+
+## Micro benchmarks and the side-by-side table (release build).
+bench: build-release
+	$(PY) benches/run.py
+
+clean:
+	rm -rf target $(VENV) python/fastapi_taskflow/*.so

@@ -1,0 +1,82 @@
+"""``ManagedBackgroundTasks``: FastAPI's ``BackgroundTasks`` with tracked, retried tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.background import BackgroundTask, BackgroundTasks
+
+from .registry import TaskSpec
+
+if TYPE_CHECKING:
+    from .manager import TaskManager
+
+
+class TrackedTask(BackgroundTask):
+    """One accepted task in the response's background list; calling it runs every attempt."""
+
+    def __init__(
+        self, manager: TaskManager, spec: TaskSpec, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        # BackgroundTask.__init__ is skipped on purpose: it inspects the function on
+        # every call, and our spec already knows how the function runs.
+        self.func = spec.func
+        self.args = args  # type: ignore[assignment]
+        self.kwargs = kwargs  # type: ignore[assignment]
+        self.is_async = True
+        self.task_id = task_id
+        self._manager = manager
+        self._spec = spec
+
+    async def __call__(self) -> None:
+        await self._manager.runner.run(self._spec, self.task_id, self.args, self.kwargs)
+
+
+class ManagedBackgroundTasks(BackgroundTasks):
+    """Background tasks whose ``add_task`` returns a task id and tracks the task.
+
+    Given FastAPI's own instance, it shares that instance's task list, so the tasks
+    run after the response like any background task.
+    """
+
+    def __init__(self, task_manager: TaskManager, background_tasks: BackgroundTasks | None = None) -> None:
+        super().__init__()
+        if background_tasks is not None:
+            self.tasks = background_tasks.tasks
+        self.task_manager = task_manager
+
+    def add_task(  # type: ignore[override]
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        eager: bool | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Accept ``func(*args, **kwargs)`` and return its task id.
+
+        With an ``idempotency_key`` held by a pending, running or succeeded task,
+        nothing new is accepted and that task's id is returned.
+        """
+        if eager or queue is not None:
+            raise NotImplementedError("eager= and queue= are not available yet in fastapi-taskflow-rs")
+        manager = self.task_manager
+        spec = manager.spec_for(func)
+        config = spec.config
+        args_json, kwargs_json = manager.serialize_arguments(spec, args, kwargs)
+        task_id, created = manager.core.create(
+            spec.name,
+            executor=spec.executor,
+            priority=config.priority if priority is None else priority,
+            tags=tags,
+            idempotency_key=idempotency_key,
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+        )
+        if created:
+            self.tasks.append(TrackedTask(manager, spec, task_id, args, kwargs))
+        return task_id
