@@ -56,7 +56,14 @@ class TaskRunner:
         attempt = 0
         while True:
             try:
-                await self._attempt(spec, args, kwargs)
+                # Inlined rather than a helper coroutine: one fewer frame per task on the hot path.
+                if not spec.is_async:
+                    await self._run_in_thread(spec, args, kwargs)
+                elif self._semaphore is None:
+                    await spec.func(*args, **kwargs)
+                else:
+                    async with self._semaphore:
+                        await spec.func(*args, **kwargs)
             except asyncio.CancelledError:
                 store.transition(task_id, "interrupted", error="cancelled while running (server shutdown)")
                 raise
@@ -72,15 +79,9 @@ class TaskRunner:
             store.transition(task_id, "success")
             return
 
-    async def _attempt(self, spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not spec.is_async:
-            call = functools.partial(contextvars.copy_context().run, spec.func, *args, **kwargs)
-            await asyncio.get_running_loop().run_in_executor(self._thread_pool(), call)
-        elif self._semaphore is None:
-            await spec.func(*args, **kwargs)
-        else:
-            async with self._semaphore:
-                await spec.func(*args, **kwargs)
+    async def _run_in_thread(self, spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        call = functools.partial(contextvars.copy_context().run, spec.func, *args, **kwargs)
+        await asyncio.get_running_loop().run_in_executor(self._thread_pool(), call)
 
     def shutdown(self) -> None:
         """Join a dedicated pool; abandon the queued work of the default one."""

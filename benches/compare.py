@@ -1,0 +1,122 @@
+"""Renders the workload results of every variant as side-by-side Markdown tables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Results of one variant, or None when its process failed.
+Results = Mapping[str, float] | None
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    key: str
+    #: "time": lower is better; "rate": higher is better.
+    kind: str = "time"
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    rows: tuple[Row, ...]
+
+
+def _number(value: float | None, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    if kind == "rate" or value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _speed(rust: float | None, other: float | None, kind: str) -> str:
+    """How much faster (or slower) Rust is than ``other``."""
+    if rust is None or other is None or rust <= 0 or other <= 0:
+        return ""
+    factor = other / rust if kind == "time" else rust / other
+    return f"{factor:.1f}x faster" if factor >= 1 else f"{1 / factor:.1f}x slower"
+
+
+def _sizes(results: Mapping[str, Results]) -> list[int]:
+    keys = {key for values in results.values() if values for key in values}
+    return sorted(int(key.split(".")[1]) for key in keys if key.startswith("fill."))
+
+
+def tables(results: Mapping[str, Results]) -> list[Table]:
+    sizes = _sizes(results)
+    where = {"mem": "in memory", "disk": "snapshot_db, after flush"}
+    reads = {
+        what: tuple(
+            Row(f"{n:,} tasks, {where[place]}: {layer}", f"{place}.{n}.{what}.{layer}")
+            for n in sizes
+            for place in ("mem", "disk")
+            for layer in ("core", "route")
+        )
+        for what in ("metrics", "page")
+    }
+    return [
+        Table(
+            "1. `add_task(noop, 1, x=2)`, µs per call",
+            (Row("`BackgroundTasks` (bare) / `ManagedBackgroundTasks`", "add_task"),),
+        ),
+        Table(
+            "2. End-to-end no-op async tasks (enqueue, `await tasks()`), tasks/s",
+            (
+                Row("in memory", "e2e", "rate"),
+                Row("with snapshot_db (flush included)", "e2e.snapshot", "rate"),
+            ),
+        ),
+        Table(
+            "3. `GET /tasks/metrics`, median µs (core: `metrics_json()`, route: ASGI call)",
+            (Row("FastAPI route returning `{}` (the floor; Starlette column)", "route.empty"), *reads["metrics"]),
+        ),
+        Table("4. `GET /tasks?limit=100`, median µs (core: `page_json(limit=100)`, route: ASGI call)", reads["page"]),
+        Table(
+            "5. Store fill (create, running, finished: µs per task) and one flush of all of them (ms)",
+            tuple(Row(f"fill {n:,}", f"fill.{n}") for n in sizes)
+            + tuple(Row(f"flush {n:,}", f"flush.{n}") for n in sizes),
+        ),
+    ]
+
+
+def _value(results: Results, key: str) -> float | None:
+    return None if results is None else results.get(key)
+
+
+def render_table(table: Table, results: Mapping[str, Results]) -> str:
+    """One Markdown table; the Starlette columns appear only where a bare Starlette number exists."""
+    variants = ("starlette", "rust", "python")
+    values = {row.key: {v: _value(results.get(v), row.key) for v in variants} for row in table.rows}
+    with_bare = any(v["starlette"] is not None for v in values.values())
+    with_bare_ratio = any(v["starlette"] is not None and v["rust"] is not None for v in values.values())
+    head = ["Workload", *(["Starlette"] if with_bare else []), "Rust", "Python", "Rust vs Python"]
+    head += ["Rust vs Starlette"] if with_bare_ratio else []
+    lines = [f"### {table.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        bare, rust, python = values[row.key]["starlette"], values[row.key]["rust"], values[row.key]["python"]
+        cells = [row.label, *([_number(bare, row.kind) if bare is not None else ""] if with_bare else [])]
+        cells += [_number(rust, row.kind), _number(python, row.kind), _speed(rust, python, row.kind)]
+        cells += [_speed(rust, bare, row.kind)] if with_bare_ratio else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def snapshot_kept(results: Mapping[str, Results]) -> str:
+    """The share of in-memory end-to-end throughput each core keeps with a snapshot file."""
+    parts = []
+    for variant in ("rust", "python"):
+        plain, snap = _value(results.get(variant), "e2e"), _value(results.get(variant), "e2e.snapshot")
+        if plain and snap:
+            parts.append(f"{variant.capitalize()} {100 * snap / plain:.0f}%")
+    return "Throughput kept with snapshot_db on: " + (", ".join(parts) or "n/a") + "."
+
+
+def render(results: Mapping[str, Results], machine: str) -> str:
+    blocks = [machine]
+    for table in tables(results):
+        blocks.append(render_table(table, results))
+        if table.title.startswith("2."):
+            blocks.append(snapshot_kept(results))
+    return "\n\n".join(blocks) + "\n"

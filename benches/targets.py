@@ -1,0 +1,57 @@
+"""What the enqueue workloads add tasks to: bare Starlette or a ``TaskManager`` of the selected core."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.background import BackgroundTasks
+
+#: Name under which the managed no-op is registered and shows up in the store.
+NOOP_NAME = "noop"
+
+
+async def noop(*args: object, **kwargs: object) -> None:
+    return None
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One fresh set of objects under test; ``new_tasks`` makes a tasks object like a request gets."""
+
+    new_tasks: Callable[[], BackgroundTasks]
+    #: Finish every task of a batch without running it, so the store stays at its steady size (untimed).
+    retire: Callable[[BackgroundTasks], None]
+    #: Work that belongs to the measured run after the tasks ran (the snapshot flush).
+    finish: Callable[[], Awaitable[object]]
+    close: Callable[[], None]
+
+
+def bare() -> Target:
+    return Target(new_tasks=BackgroundTasks, retire=lambda tasks: None, finish=_nothing, close=lambda: None)
+
+
+def managed(snapshot_db: str | None = None) -> Target:
+    """A new ``TaskManager`` with ``noop`` registered; the core is the one ``_selected`` picked."""
+    from fastapi_taskflow import ManagedBackgroundTasks, TaskManager
+
+    manager = TaskManager(snapshot_db=snapshot_db)
+    manager.task(name=NOOP_NAME)(noop)
+    core = manager.core
+
+    def retire(tasks: BackgroundTasks) -> None:
+        for task in tasks.tasks:
+            task_id: str = getattr(task, "task_id")  # noqa: B009 - TrackedTask, typed as BackgroundTask
+            core.transition(task_id, "running")
+            core.transition(task_id, "success")
+
+    return Target(
+        new_tasks=lambda: ManagedBackgroundTasks(manager),
+        retire=retire,
+        finish=manager.flush,
+        close=core.close,
+    )

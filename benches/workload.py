@@ -1,0 +1,81 @@
+"""Runs every workload for one variant and prints the results as one JSON object.
+
+Usage: ``python benches/workload.py starlette|rust|python [--quick]``. The core is
+chosen when ``fastapi_taskflow`` is first imported, so ``run.py`` starts one process
+per variant with ``FASTAPI_TASKFLOW_CORE`` set; this process checks it got that core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+
+import targets
+from enqueue import add_task_us, end_to_end_tps
+from reads import empty_route_us, read_scenarios
+
+VARIANTS = ("starlette", "rust", "python")
+
+
+@dataclass(frozen=True)
+class Scale:
+    add_task_calls: int
+    tasks_per_run: int
+    repeats: int
+    read_sizes: tuple[int, ...]
+    read_budget_s: float
+
+
+FULL = Scale(add_task_calls=100_000, tasks_per_run=20_000, repeats=5, read_sizes=(1_000, 100_000), read_budget_s=0.5)
+QUICK = Scale(add_task_calls=10_000, tasks_per_run=2_000, repeats=3, read_sizes=(1_000, 10_000), read_budget_s=0.05)
+
+
+def _core_facts(variant: str) -> dict[str, str]:
+    if variant == "starlette":
+        return {}
+    from fastapi_taskflow import _selected
+
+    if _selected.CORE_NAME != variant:
+        raise SystemExit(f"asked for the {variant} core but fastapi_taskflow loaded the {_selected.CORE_NAME} core")
+    return {"core": _selected.CORE_NAME, "core_version": _selected.core.__version__}
+
+
+async def _run(variant: str, scale: Scale) -> dict[str, float]:
+    results: dict[str, float] = {}
+    if variant == "starlette":
+        results["add_task"] = add_task_us(targets.bare, calls=scale.add_task_calls, repeats=scale.repeats)
+        results["e2e"] = await end_to_end_tps(targets.bare, tasks_per_run=scale.tasks_per_run, repeats=scale.repeats)
+        results["route.empty"] = await empty_route_us(budget_s=scale.read_budget_s)
+        return results
+    results["add_task"] = add_task_us(targets.managed, calls=scale.add_task_calls, repeats=scale.repeats)
+    results["e2e"] = await end_to_end_tps(targets.managed, tasks_per_run=scale.tasks_per_run, repeats=scale.repeats)
+    with tempfile.TemporaryDirectory(prefix="taskflow-bench-") as tmp:
+        runs = iter(range(scale.repeats))
+        results["e2e.snapshot"] = await end_to_end_tps(
+            lambda: targets.managed(os.path.join(tmp, f"e2e-{next(runs)}.db")),
+            tasks_per_run=scale.tasks_per_run,
+            repeats=scale.repeats,
+        )
+    results.update(await read_scenarios(scale.read_sizes, budget_s=scale.read_budget_s))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("variant", choices=VARIANTS)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    args = parser.parse_args()
+    scale = QUICK if args.quick else FULL
+    facts = _core_facts(args.variant)
+    results = asyncio.run(_run(args.variant, scale))
+    meta = {"variant": args.variant, "python": platform.python_version(), **facts}
+    print(json.dumps({"meta": meta, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

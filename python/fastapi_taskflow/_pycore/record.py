@@ -1,0 +1,206 @@
+"""One task record and its JSON, dict and database-row forms."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .isotime import iso_from_us
+from .jsonenc import dumps, loads
+
+if TYPE_CHECKING:
+    from .metrics import Aggregate
+
+#: (created_us, task_id): the ordering key, newest first when read backwards.
+Key = tuple[int, str]
+
+#: Columns of ``task_history`` in the order of ``Record.to_row`` (see ``snapshot.py``).
+Row = tuple[
+    str, str, str, int, int | None, int | None, int, str | None, str | None, str, str, str,
+    int | None, str | None, str, str | None, bytes | None, bytes | None,
+]  # fmt: skip
+
+
+def _iso(us: int | None) -> str | None:
+    return None if us is None else iso_from_us(us)
+
+
+def _duration(start_us: int | None, end_us: int | None) -> float | None:
+    return None if start_us is None or end_us is None else (end_us - start_us) / 1e6
+
+
+class Record:
+    """A task record. Everything but the status fields, ``logs`` and the bookkeeping slots is fixed at creation."""
+
+    __slots__ = (
+        "agg",
+        "args_json",
+        "cache",
+        "created_us",
+        "end_us",
+        "error",
+        "executor",
+        "func_name",
+        "idempotency_key",
+        "key",
+        "kwargs_json",
+        "logs",
+        "priority",
+        "queue",
+        "retries_used",
+        "source",
+        "stacktrace",
+        "start_us",
+        "status",
+        "tags",
+        "task_id",
+    )
+
+    agg: Aggregate | None
+    cache: bytes | None
+    logs: deque[str] | None
+    tags: dict[str, str] | None
+
+    def __init__(
+        self,
+        task_id: str,
+        func_name: str,
+        status: str,
+        created_us: int,
+        queue: str,
+        executor: str | None,
+        priority: int | None,
+        source: str,
+        tags: dict[str, str] | None,
+        idempotency_key: str | None,
+        args_json: bytes | None,
+        kwargs_json: bytes | None,
+    ) -> None:
+        self.task_id = task_id
+        self.func_name = func_name
+        self.status = status
+        self.created_us = created_us
+        self.key: Key = (created_us, task_id)
+        self.start_us: int | None = None
+        self.end_us: int | None = None
+        self.retries_used = 0
+        self.error: str | None = None
+        self.stacktrace: str | None = None
+        self.logs = None
+        self.tags = tags
+        self.source = source
+        self.priority = priority
+        self.executor = executor
+        self.queue = queue
+        self.idempotency_key = idempotency_key
+        self.args_json = args_json
+        self.kwargs_json = kwargs_json
+        self.agg = None
+        self.cache = None
+
+    def to_obj(self, *, copy: bool = True) -> dict[str, object]:
+        """The 16-key JSON object, timestamps as ISO strings; ``copy=False`` shares ``tags`` (to serialise at once)."""
+        tags = self.tags
+        return {
+            "task_id": self.task_id,
+            "func_name": self.func_name,
+            "status": self.status,
+            "created_at": iso_from_us(self.created_us),
+            "start_time": _iso(self.start_us),
+            "end_time": _iso(self.end_us),
+            "duration": _duration(self.start_us, self.end_us),
+            "retries_used": self.retries_used,
+            "error": self.error,
+            "logs": [] if self.logs is None else list(self.logs),
+            "stacktrace": self.stacktrace,
+            "tags": {} if tags is None else dict(tags) if copy else tags,
+            "source": self.source,
+            "priority": self.priority,
+            "executor": self.executor,
+            "queue": self.queue,
+        }
+
+    def to_json(self) -> bytes:
+        """The JSON object, memoised until the record changes (callers reset ``cache``)."""
+        data = self.cache
+        if data is None:
+            data = self.cache = dumps(self.to_obj(copy=False))
+        return data
+
+    def to_dict(self) -> dict[str, object]:
+        obj = self.to_obj()
+        obj["idempotency_key"] = self.idempotency_key
+        obj["args_json"] = self.args_json
+        obj["kwargs_json"] = self.kwargs_json
+        return obj
+
+    def row_parts(self) -> tuple[Record, tuple[str, ...], dict[str, str] | None]:
+        """What ``to_row`` needs, copied while the store's lock is held (logs keep changing)."""
+        return self, () if self.logs is None else tuple(self.logs), self.tags
+
+    @staticmethod
+    def to_row(parts: tuple[Record, tuple[str, ...], dict[str, str] | None]) -> Row:
+        r, logs, tags = parts
+        return (
+            r.task_id,
+            r.func_name,
+            r.status,
+            r.created_us,
+            r.start_us,
+            r.end_us,
+            r.retries_used,
+            r.error,
+            r.stacktrace,
+            dumps(logs).decode(),
+            dumps(tags or {}).decode(),
+            r.source,
+            r.priority,
+            r.executor,
+            r.queue,
+            r.idempotency_key,
+            r.args_json,
+            r.kwargs_json,
+        )
+
+    @classmethod
+    def from_row(cls, row: Row) -> Record:
+        """A detached record read from the snapshot file (no indexes, no metrics)."""
+        rec = cls(row[0], row[1], row[2], row[3], row[14], row[13], row[12], row[11], None, row[15], row[16], row[17])
+        rec.start_us = row[4]
+        rec.end_us = row[5]
+        rec.retries_used = row[6]
+        rec.error = row[7]
+        rec.stacktrace = row[8]
+        logs = loads(row[9])
+        rec.logs = deque(logs) if logs else None
+        rec.tags = loads(row[10]) or None
+        return rec
+
+
+def event_task_obj(
+    rec: Record,
+    status: str,
+    start_us: int | None,
+    end_us: int | None,
+    retries_used: int,
+    error: str | None,
+    stacktrace: str | None,
+) -> dict[str, object]:
+    """The record as it was when an event was emitted, without ``logs``."""
+    return {
+        "task_id": rec.task_id,
+        "func_name": rec.func_name,
+        "status": status,
+        "created_at": iso_from_us(rec.created_us),
+        "start_time": _iso(start_us),
+        "end_time": _iso(end_us),
+        "duration": _duration(start_us, end_us),
+        "retries_used": retries_used,
+        "error": error,
+        "stacktrace": stacktrace,
+        "tags": {} if rec.tags is None else rec.tags,
+        "source": rec.source,
+        "priority": rec.priority,
+        "executor": rec.executor,
+        "queue": rec.queue,
+    }

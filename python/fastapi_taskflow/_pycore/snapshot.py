@@ -1,0 +1,212 @@
+"""The SQLite snapshot file: schema and migrations, history flush, page and record reads.
+
+The file format is shared with ``snapshot.rs`` in the Rust core: either core opens a
+file the other wrote. Change the schema only by appending to ``MIGRATIONS``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from typing import Final
+
+from .record import Key, Row
+
+
+class SnapshotError(RuntimeError):
+    """The snapshot database cannot be opened, read or written.
+
+    The message names the file and says what to do about it.
+    """
+
+
+SnapshotError.__module__ = "fastapi_taskflow._pycore"
+
+#: Statements of schema version i + 1, each list applied in one transaction.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        "CREATE TABLE task_history (task_id TEXT PRIMARY KEY, func_name TEXT NOT NULL, status TEXT NOT NULL,"
+        " created_us INTEGER NOT NULL, start_us INTEGER, end_us INTEGER, retries_used INTEGER NOT NULL DEFAULT 0,"
+        " error TEXT, stacktrace TEXT, logs_json TEXT NOT NULL DEFAULT '[]', tags_json TEXT NOT NULL DEFAULT '{}',"
+        " source TEXT NOT NULL DEFAULT 'manual', priority INTEGER, executor TEXT,"
+        " queue TEXT NOT NULL DEFAULT 'default', idempotency_key TEXT, args_json BLOB, kwargs_json BLOB)",
+        "CREATE INDEX task_history_created ON task_history(created_us, task_id)",
+        "CREATE INDEX task_history_status ON task_history(status, created_us, task_id)",
+        "CREATE INDEX task_history_name ON task_history(func_name, created_us, task_id)",
+    ),
+)
+SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
+
+COLUMNS: Final[tuple[str, ...]] = (
+    "task_id",
+    "func_name",
+    "status",
+    "created_us",
+    "start_us",
+    "end_us",
+    "retries_used",
+    "error",
+    "stacktrace",
+    "logs_json",
+    "tags_json",
+    "source",
+    "priority",
+    "executor",
+    "queue",
+    "idempotency_key",
+    "args_json",
+    "kwargs_json",
+)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM task_history"
+_UPSERT = (
+    f"INSERT INTO task_history ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    f" ON CONFLICT(task_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
+)
+
+
+def _open_error(path: str, exc: sqlite3.Error) -> SnapshotError:
+    text = str(exc)
+    if "not a database" in text:
+        hint = "file is not a SQLite database; move it aside or delete it to start with an empty history"
+    elif "readonly" in text or "read-only" in text:
+        hint = f"the file is read-only ({text}); make it and its directory writable, or choose another path"
+    elif "unable to open" in text:
+        hint = f"cannot open the file ({text}); check that its directory exists and is writable"
+    else:
+        hint = f"cannot open the snapshot database ({text}); move the file aside to start with an empty history"
+    return SnapshotError(f"{path}: {hint}")
+
+
+class SnapshotDb:
+    """One SQLite connection guarded by its own lock. Python's sqlite3 releases the GIL while it works."""
+
+    __slots__ = ("_conn", "lock", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        try:
+            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _open_error(path, exc) from exc
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(conn)
+        except SnapshotError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _open_error(path, exc) from exc
+
+    def _stored_version(self, conn: sqlite3.Connection) -> int:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables:
+            if {t for t in tables if not t.startswith("sqlite_")}:
+                raise SnapshotError(
+                    f"{self.path}: this SQLite file is not a fastapi-taskflow snapshot (it has other tables"
+                    " and no schema_version); choose another path"
+                )
+            return 0
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        for target in range(1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Read inside the write transaction: another process may be migrating the same file.
+                version = self._stored_version(conn)
+                if version > SCHEMA_VERSION:
+                    raise SnapshotError(
+                        f"{self.path}: snapshot schema version {version} is newer than this fastapi-taskflow"
+                        f" supports ({SCHEMA_VERSION}); upgrade fastapi-taskflow-rs or use another file"
+                    )
+                if version < target:
+                    if version == 0:
+                        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                    for statement in MIGRATIONS[target - 1]:
+                        conn.execute(statement)
+                    conn.execute("DELETE FROM schema_version")
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SnapshotError(f"{self.path}: the snapshot file is closed; create a new TaskStore to reopen it")
+        return self._conn
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def write_locked(self, rows: Iterable[Row]) -> None:
+        """Upsert ``rows`` in one transaction. The caller holds ``lock``."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_UPSERT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise SnapshotError(
+                f"{self.path}: cannot write task history ({exc}); the records stay in memory"
+                " and the next flush retries them"
+            ) from exc
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[Row]:
+        with self.lock:
+            conn = self._connection()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise SnapshotError(f"{self.path}: cannot read task history ({exc})") from exc
+
+    def page(self, before: Key | None, status: str | None, func_name: str | None, limit: int) -> list[Row]:
+        """Up to ``limit`` rows with a key below ``before``, newest first."""
+        where: list[str] = []
+        params: list[object] = []
+        if before is not None:
+            where.append("(created_us, task_id) < (?, ?)")
+            params += before
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if func_name is not None:
+            where.append("func_name = ?")
+            params.append(func_name)
+        sql = _SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_us DESC, task_id DESC LIMIT ?"
+        params.append(limit)
+        return self._read(sql, tuple(params))
+
+    def get(self, task_id: str) -> Row | None:
+        rows = self._read(_SELECT + " WHERE task_id = ?", (task_id,))
+        return rows[0] if rows else None
+
+    def metric_rows(self) -> list[tuple[str, str, int | None, int | None]]:
+        with self.lock:
+            conn = self._connection()
+            try:
+                return conn.execute(
+                    "SELECT func_name, status, start_us, end_us FROM task_history ORDER BY created_us, task_id"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise SnapshotError(f"{self.path}: cannot read task history ({exc})") from exc
+
+    def close(self) -> None:
+        with self.lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,291 @@
+"""Differential test: the Rust and the Python core, driven by the same operations, answer alike.
+
+Ids are random and timestamps are real, so answers are compared after mapping each
+task id to its creation index and dropping timestamps (keeping only whether each is set).
+Runs only when both cores import; the per-core tests report a missing extension.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from _corehelpers import STATUSES, iso_to_us, load_core, loads, wait_for_next_microsecond
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+CORES: dict[str, ModuleType | None] = {name: load_core(name) for name in ("rust", "python")}
+pytestmark = pytest.mark.skipif(
+    any(module is None for module in CORES.values()), reason="needs both cores (the Rust one is not built)"
+)
+
+NAMES = ("alpha", "beta", "gamma")
+TIME_KEYS = ("created_at", "start_time", "end_time", "duration")
+OUTCOME = tuple[str, Any]
+
+
+def call(fn: Any, *args: Any, **kwargs: Any) -> OUTCOME:
+    """("ok", result) or ("raised", exception type name)."""
+    try:
+        return "ok", fn(*args, **kwargs)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        kind = "SnapshotError" if type(exc).__name__ == "SnapshotError" else type(exc).__name__
+        return "raised", kind
+
+
+class Differential(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="taskflow-diff-"))
+        self.stores: dict[str, Any] = {}
+        self.ids: dict[str, list[str]] = {"rust": [], "python": []}
+        self.index: dict[str, dict[str, int]] = {"rust": {}, "python": {}}
+        self.created_us: dict[str, list[int]] = {"rust": [], "python": []}
+        self.options: dict[str, Any] = {}
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def open_stores(self) -> None:
+        for name, module in CORES.items():
+            assert module is not None
+            db = str(self.tmp / f"{name}.db") if self.options["use_db"] else None
+            self.stores[name] = module.TaskStore(
+                db,
+                max_history=self.options["max_history"],
+                ring_capacity=self.options["ring_capacity"],
+                max_log_lines=self.options["max_log_lines"],
+            )
+
+    def teardown(self) -> None:
+        for store in self.stores.values():
+            store.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def both(self, method: str, *args: Any, **kwargs: Any) -> dict[str, OUTCOME]:
+        return {name: call(getattr(store, method), *args, **kwargs) for name, store in self.stores.items()}
+
+    def norm_id(self, core: str, task_id: str) -> int | str:
+        return self.index[core].get(task_id, f"unknown:{task_id}")
+
+    def norm_task(self, core: str, task: dict[str, Any]) -> dict[str, Any]:
+        out = dict(task)
+        out["task_id"] = self.norm_id(core, task["task_id"])
+        for key in TIME_KEYS:
+            out[key] = task[key] is not None
+        return out
+
+    def norm_cursor(self, core: str, cursor: str | None) -> Any:
+        if cursor is None:
+            return None
+        created, _, task_id = cursor.partition(":")
+        index = self.index[core][task_id]
+        assert int(created) == self.created_us[core][index]
+        return index
+
+    def norm_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        def scope(obj: dict[str, Any]) -> dict[str, Any]:
+            out = dict(obj)
+            for key in ("avg_duration_seconds", "p50_seconds", "p95_seconds", "p99_seconds"):
+                out[key] = obj[key] is None or obj[key] >= 0
+            out["has_durations"] = obj["p50_seconds"] is not None
+            return out
+
+        out = scope({k: v for k, v in metrics.items() if k != "by_name"})
+        out["by_name"] = [(name, scope(value)) for name, value in metrics["by_name"].items()]
+        return out
+
+    def pick(self, i: int) -> dict[str, str]:
+        n = len(self.ids["rust"])
+        return {core: self.ids[core][i % n] for core in self.stores}
+
+    def same(self, results: dict[str, Any]) -> None:
+        assert results["rust"] == results["python"], results
+
+    # -- rules ---------------------------------------------------------------------------
+
+    @initialize(
+        use_db=st.booleans(),
+        max_history=st.integers(1, 6),
+        ring_capacity=st.integers(1, 24),
+        max_log_lines=st.integers(1, 4),
+    )
+    def start(self, use_db: bool, max_history: int, ring_capacity: int, max_log_lines: int) -> None:
+        self.options = {
+            "use_db": use_db,
+            "max_history": max_history,
+            "ring_capacity": ring_capacity,
+            "max_log_lines": max_log_lines,
+        }
+        self.open_stores()
+
+    @rule(
+        func_name=st.sampled_from(NAMES),
+        key=st.none() | st.sampled_from(["k1", "k2"]),
+        tags=st.dictionaries(st.sampled_from(["x", "y"]), st.text(max_size=3), max_size=2),
+        priority=st.none() | st.integers(-3, 3),
+        executor=st.none() | st.sampled_from(["thread", "async"]),
+        args=st.none() | st.binary(max_size=4),
+    )
+    def create(
+        self,
+        func_name: str,
+        key: str | None,
+        tags: dict[str, str],
+        priority: int | None,
+        executor: str | None,
+        args: bytes | None,
+    ) -> None:
+        results = self.both(
+            "create",
+            func_name,
+            tags=tags or None,
+            idempotency_key=key,
+            priority=priority,
+            executor=executor,
+            args_json=args,
+        )
+        normalised = {}
+        for core, (kind, value) in results.items():
+            assert kind == "ok", results
+            task_id, created = value
+            if created:
+                self.index[core][task_id] = len(self.ids[core])
+                self.ids[core].append(task_id)
+                record = self.stores[core].get(task_id)
+                self.created_us[core].append(iso_to_us(record["created_at"]))
+            normalised[core] = (self.norm_id(core, task_id), created)
+        self.same(normalised)
+        wait_for_next_microsecond()  # creation order is key order in both cores
+
+    @precondition(lambda self: self.ids["rust"])
+    @rule(
+        i=st.integers(0, 10_000),
+        status=st.sampled_from([*STATUSES, "running", "running", "success", "bogus"]),
+        error=st.none() | st.text(max_size=3),
+        stacktrace=st.none() | st.just("Traceback"),
+        retries=st.none() | st.integers(0, 3),
+    )
+    def transition(self, i: int, status: str, error: str | None, stacktrace: str | None, retries: int | None) -> None:
+        ids = self.pick(i)
+        self.same(
+            {
+                core: call(
+                    self.stores[core].transition,
+                    ids[core],
+                    status,
+                    error=error,
+                    stacktrace=stacktrace,
+                    retries_used=retries,
+                )
+                for core in self.stores
+            }
+        )
+
+    @rule(status=st.sampled_from(STATUSES))
+    def transition_unknown_id(self, status: str) -> None:
+        self.same(self.both("transition", "00000000-0000-4000-8000-000000000000", status))
+
+    @precondition(lambda self: self.ids["rust"])
+    @rule(i=st.integers(0, 10_000), line=st.text(max_size=5))
+    def append_log(self, i: int, line: str) -> None:
+        ids = self.pick(i)
+        self.same({core: call(self.stores[core].append_log, ids[core], line) for core in self.stores})
+
+    @rule()
+    def flush(self) -> None:
+        self.same(self.both("flush"))
+
+    @precondition(lambda self: self.options.get("use_db"))
+    @rule()
+    def restart(self) -> None:
+        for store in self.stores.values():
+            store.close()
+        self.open_stores()
+
+    @rule(
+        status=st.none() | st.sampled_from(STATUSES),
+        func_name=st.none() | st.sampled_from(NAMES),
+        limit=st.integers(1, 4),
+        anchor=st.none() | st.integers(0, 10_000),
+    )
+    def page(self, status: str | None, func_name: str | None, limit: int, anchor: int | None) -> None:
+        cursors: dict[str, str | None] = {core: None for core in self.stores}
+        if anchor is not None and self.ids["rust"]:
+            n = len(self.ids["rust"])
+            cursors = {core: f"{self.created_us[core][anchor % n]}:{self.ids[core][anchor % n]}" for core in cursors}
+        for _ in range(200):
+            pages = {}
+            for core, store in self.stores.items():
+                body, cursors[core] = store.page_json(
+                    status=status, func_name=func_name, limit=limit, cursor=cursors[core]
+                )
+                pages[core] = (
+                    [self.norm_task(core, r) for r in loads(body)],
+                    self.norm_cursor(core, cursors[core]),
+                )
+            self.same(pages)
+            if cursors["rust"] is None:
+                return
+        raise AssertionError("paging did not end")
+
+    @rule(cursor=st.sampled_from(["", "x", "12", "a:b"]), limit=st.integers(-1, 0))
+    def bad_page(self, cursor: str, limit: int) -> None:
+        self.same(self.both("page_json", cursor=cursor))
+        self.same(self.both("page_json", limit=limit))
+        self.same(self.both("page_json", status="bogus"))
+
+    @precondition(lambda self: self.ids["rust"])
+    @rule(i=st.integers(0, 10_000))
+    def get(self, i: int) -> None:
+        ids = self.pick(i)
+        records = {core: self.stores[core].get(ids[core]) for core in self.stores}
+        as_json = {core: self.stores[core].get_json(ids[core]) for core in self.stores}
+        normalised = {}
+        for core in self.stores:
+            record, data = records[core], as_json[core]
+            assert (record is None) == (data is None)
+            if record is not None:
+                assert loads(data) == {k: v for k, v in record.items() if k in loads(data)}
+                record = self.norm_task(core, record)
+            normalised[core] = record
+        self.same(normalised)
+
+    @rule()
+    def metrics(self) -> None:
+        self.same({core: self.norm_metrics(loads(store.metrics_json())) for core, store in self.stores.items()})
+
+    @rule(after=st.integers(0, 80), limit=st.integers(1, 30))
+    def events(self, after: int, limit: int) -> None:
+        results = {}
+        for core, store in self.stores.items():
+            events, missed = store.events_since(after, limit)
+            normalised = []
+            for seq, data in events:
+                event = loads(data)
+                assert event["seq"] == seq
+                if event["type"] == "log":
+                    event["task_id"] = self.norm_id(core, event["task_id"])
+                else:
+                    event["task"] = self.norm_task(core, event["task"])
+                normalised.append(event)
+            results[core] = (normalised, missed)
+        self.same(results)
+
+    @invariant()
+    def sizes_agree(self) -> None:
+        if self.stores:
+            self.same({core: (store.memory_len(), store.last_seq) for core, store in self.stores.items()})
+
+
+Differential.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestDifferential = Differential.TestCase
