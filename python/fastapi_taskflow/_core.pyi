@@ -23,7 +23,11 @@ Conventions shared by both cores:
   Finished (terminal) = the last five.
 """
 
-from typing import Final
+from typing import Final, final
+
+from typing_extensions import Self
+
+__all__ = ["STATUSES", "SnapshotError", "TaskStore", "__version__"]
 
 __version__: Final[str]
 
@@ -36,6 +40,7 @@ class SnapshotError(RuntimeError):
     The message names the file and says what to do about it.
     """
 
+@final
 class TaskStore:
     """Task records, their indexes, metrics, the event ring and the snapshot file.
 
@@ -43,14 +48,14 @@ class TaskStore:
     the SQLite file release the GIL while they wait on it.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         db_path: str | None = None,
         *,
         max_history: int = 10_000,
         ring_capacity: int = 65_536,
         max_log_lines: int = 1_000,
-    ) -> None:
+    ) -> Self:
         """Create an empty store, or open (creating if needed) the snapshot file.
 
         Opening creates or migrates the schema, switches to WAL, and rebuilds the

@@ -1,0 +1,10 @@
+//! Pure Rust core: no Python types here, so everything is testable with `cargo test`.
+
+pub(crate) mod error;
+pub(crate) mod index;
+pub(crate) mod json;
+pub(crate) mod metrics;
+pub(crate) mod record;
+pub(crate) mod ring;
+pub(crate) mod snapshot;
+pub(crate) mod store;
