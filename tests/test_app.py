@@ -14,6 +14,7 @@ import fastapi.dependencies.utils as fastapi_dependency_utils
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI
 from fastapi.testclient import TestClient
+
 from fastapi_taskflow import ManagedBackgroundTasks, TaskAdmin, TaskManager
 from fastapi_taskflow.errors import SnapshotError
 from fastapi_taskflow.execution import retry_delay
@@ -385,8 +386,8 @@ def test_persistent_task_with_unstorable_argument_is_refused() -> None:
 
 
 def test_unavailable_options_are_refused_loudly() -> None:
-    with pytest.raises(NotImplementedError, match="encrypt_args_key"):
-        TaskManager(encrypt_args_key=b"k")
+    with pytest.raises(NotImplementedError, match="queues"):
+        TaskManager(queues={})
     with pytest.raises(NotImplementedError, match="auth"):
         TaskAdmin(FastAPI(), TaskManager(), auth=("admin", "secret"))
 

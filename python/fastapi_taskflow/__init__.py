@@ -9,8 +9,10 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .admin import TaskAdmin
+from .loggers import FileLogger, InMemoryLogger, LifecycleEvent, LogEvent, LoggerChain, StdoutLogger, TaskObserver
 from .manager import TaskManager
 from .models import QueueConfig, TaskConfig, TaskRecord, TaskStatus
+from .task_logging import TaskContext, get_task_context, task_log
 from .wrapper import ManagedBackgroundTasks
 
 try:
@@ -18,12 +20,23 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "unknown"
 
-__all__ = [
-    "ManagedBackgroundTasks",
-    "QueueConfig",
+# The order of fastapi_taskflow's own __all__; names of features still to come are added as they land.
+__all__ = [  # noqa: RUF022
     "TaskAdmin",
-    "TaskConfig",
     "TaskManager",
-    "TaskRecord",
+    "ManagedBackgroundTasks",
     "TaskStatus",
+    "TaskRecord",
+    "TaskConfig",
+    "QueueConfig",
+    "TaskObserver",
+    "LogEvent",
+    "LifecycleEvent",
+    "LoggerChain",
+    "FileLogger",
+    "InMemoryLogger",
+    "StdoutLogger",
+    "task_log",
+    "TaskContext",
+    "get_task_context",
 ]

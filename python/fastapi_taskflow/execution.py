@@ -1,7 +1,8 @@
-"""Runs one accepted task: attempts, retries with backoff, status changes.
+"""Runs one accepted task: attempts, retries with backoff, status changes, events.
 
 Each status change is a single call into the core, which updates the record, its
-indexes, the metrics and the event ring together.
+indexes, the metrics and the event ring together. Each attempt runs inside the
+context captured when the task was accepted.
 """
 
 from __future__ import annotations
@@ -9,17 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import logging
+import time
 import traceback
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .registry import TaskSpec
+from .crypto import ArgumentCipher
+from .loggers.base import LifecycleEvent, LogEvent
+from .observing import ObserverThread
+from .task_logging import ActiveTask, TaskContext, current_task, stamped
+from .tracing import end_task_span, start_task_span
 
 if TYPE_CHECKING:
     from ._core import TaskStore
-
-logger = logging.getLogger("fastapi_taskflow")
+    from .wrapper import TrackedTask
 
 
 def describe_error(exc: BaseException) -> str:
@@ -32,14 +38,58 @@ def retry_delay(delay: float, backoff: float, attempt: int) -> float:
     return delay * backoff ** (attempt - 1)
 
 
+class _InContext:
+    """Awaits a coroutine with every step run inside ``ctx``.
+
+    The same effect as ``create_task(coro, context=ctx)`` without the cost of a new
+    task per attempt: the steps run in the caller's task, switched into ``ctx``.
+    """
+
+    __slots__ = ("coro", "ctx")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], ctx: contextvars.Context) -> None:
+        self.coro = coro
+        self.ctx = ctx
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        send, throw, run = self.coro.send, self.coro.throw, self.ctx.run
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                future = run(send, value) if error is None else run(throw, error)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                value, error = (yield future), None
+            except BaseException as exc:  # delivered into the coroutine on the next step
+                value, error = None, exc
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 class TaskRunner:
     """Executes tasks for one manager: async ones on the loop, sync ones in a thread pool."""
 
-    def __init__(self, store: TaskStore, *, max_concurrent_tasks: int | None, max_sync_threads: int | None) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        max_concurrent_tasks: int | None,
+        max_sync_threads: int | None,
+        observers: ObserverThread | None = None,
+        cipher: ArgumentCipher | None = None,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._max_sync_threads = max_sync_threads
         self._pool: ThreadPoolExecutor | None = None
         self._semaphore = asyncio.Semaphore(max_concurrent_tasks) if max_concurrent_tasks else None
+        self.observers = observers
+        self.cipher = cipher
+        self._on_finished = on_finished
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -47,25 +97,60 @@ class TaskRunner:
             self._pool = ThreadPoolExecutor(max_workers=self._max_sync_threads, thread_name_prefix=prefix)
         return self._pool
 
-    async def run(self, spec: TaskSpec, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    # -- the LogSink of task_log ---------------------------------------------
+
+    def write_log(self, task: TaskContext, message: str, level: str, extra: dict[str, Any]) -> None:
+        self._store.append_log(task.task_id, stamped(message))
+        if self.observers is not None:
+            self.observers.emit(
+                LogEvent(task.task_id, task.func_name, message, level, _now(), task.attempt, task.tags, extra)
+            )
+
+    # -- running --------------------------------------------------------------
+
+    async def run(self, task: TrackedTask) -> None:
         """Run every attempt of one task and record how it ended. Never raises an ``Exception``."""
-        store = self._store
-        if not store.transition(task_id, "running"):
+        if not self._store.transition(task.task_id, "running"):
             return  # cancelled or otherwise finished before it could start
+        self._lifecycle(task, "running", 0)
+        span = start_task_span(task.context, task.spec.name, task.task_id)
+        outcome: BaseException | None = None
+        try:
+            outcome = await self._attempts(task)
+        except BaseException as exc:  # cancellation at shutdown: recorded, then passed on
+            outcome = exc
+            raise
+        finally:
+            if span is not None:
+                end_task_span(span, outcome)
+
+    async def _attempts(self, task: TrackedTask) -> BaseException | None:
+        """Attempts with retries; returns the final error, or None on success."""
+        store = self._store
+        task_id = task.task_id
+        spec = task.spec
         config = spec.config
         attempt = 0
+        try:
+            args, kwargs = self._arguments(task)
+        except Exception as exc:  # undecryptable arguments: retrying cannot help
+            self._finish_failed(task, exc, attempt, None)
+            return exc
         while True:
+            task.context.run(current_task.set, ActiveTask(TaskContext(task_id, spec.name, attempt, task.tags), self))
+            started = time.perf_counter()
             try:
-                # Inlined rather than a helper coroutine: one fewer frame per task on the hot path.
                 if not spec.is_async:
-                    await self._run_in_thread(spec, args, kwargs)
+                    call = functools.partial(task.context.run, spec.func, *args, **kwargs)
+                    await asyncio.get_running_loop().run_in_executor(self._thread_pool(), call)
                 elif self._semaphore is None:
-                    await spec.func(*args, **kwargs)
+                    await _InContext(spec.func(*args, **kwargs), task.context)
                 else:
                     async with self._semaphore:
-                        await spec.func(*args, **kwargs)
+                        await _InContext(spec.func(*args, **kwargs), task.context)
             except asyncio.CancelledError:
                 store.transition(task_id, "interrupted", error="cancelled while running (server shutdown)")
+                self._lifecycle(task, "interrupted", attempt, time.perf_counter() - started)
                 raise
             except Exception as exc:
                 if attempt < config.retries:
@@ -74,14 +159,51 @@ class TaskRunner:
                     store.transition(task_id, "running", retries_used=attempt)
                     store.append_log(task_id, f"--- Retry {attempt} ---")
                     continue
-                store.transition(task_id, "failed", error=describe_error(exc), stacktrace=traceback.format_exc())
-                return
+                self._finish_failed(task, exc, attempt, time.perf_counter() - started)
+                return exc
             store.transition(task_id, "success")
-            return
+            self._lifecycle(task, "success", attempt, time.perf_counter() - started)
+            return None
 
-    async def _run_in_thread(self, spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        call = functools.partial(contextvars.copy_context().run, spec.func, *args, **kwargs)
-        await asyncio.get_running_loop().run_in_executor(self._thread_pool(), call)
+    def _arguments(self, task: TrackedTask) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if task.payload is None:
+            return task.args, task.kwargs
+        if self.cipher is None:
+            raise RuntimeError("the task's arguments are encrypted but no encrypt_args_key is configured")
+        return self.cipher.decrypt(task.payload)
+
+    def _finish_failed(self, task: TrackedTask, exc: BaseException, attempt: int, duration: float | None) -> None:
+        stack = "".join(traceback.format_exception(exc))
+        error = describe_error(exc)
+        self._store.transition(task.task_id, "failed", error=error, stacktrace=stack)
+        self._lifecycle(task, "failed", attempt, duration, error, stack)
+
+    def _lifecycle(
+        self,
+        task: TrackedTask,
+        status: str,
+        attempt: int,
+        duration: float | None = None,
+        error: str | None = None,
+        stacktrace: str | None = None,
+    ) -> None:
+        if status != "running" and self._on_finished is not None:
+            self._on_finished()
+        if self.observers is not None:
+            self.observers.emit(
+                LifecycleEvent(
+                    task.task_id,
+                    task.spec.name,
+                    status,
+                    _now(),
+                    attempt,
+                    attempt,
+                    duration,
+                    error,
+                    stacktrace,
+                    task.tags,
+                )
+            )
 
     def shutdown(self) -> None:
         """Join a dedicated pool; abandon the queued work of the default one."""

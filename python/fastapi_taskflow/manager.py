@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import fastapi.dependencies.utils as fastapi_dependency_utils
@@ -13,9 +13,12 @@ import orjson
 from fastapi import BackgroundTasks, FastAPI
 
 from ._selected import core as _core_module
+from .crypto import ArgumentCipher
 from .errors import SnapshotError
 from .execution import TaskRunner
+from .loggers import FileLogger, LoggerChain, TaskObserver
 from .models import ExecutorName, QueueConfig, TaskConfig, TaskRecord
+from .observing import ObserverThread
 from .registry import TaskFunc, TaskRegistry, TaskSpec, validate_executor
 from .wrapper import ManagedBackgroundTasks
 
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fastapi_taskflow")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Seconds the snapshot writer waits after a completion, so that completions close in time share a write.
+FLUSH_BATCH_WINDOW = 0.05
 
 #: Unregistered functions resolved so far; bounded because callers may pass fresh lambdas.
 _UNREGISTERED_CACHE_SIZE = 1024
@@ -54,13 +60,13 @@ class TaskManager:
         merged_list_ttl: float = 5.0,
         retention_days: float | None = None,
         retry_replaces_original: bool = True,
-        loggers: list[object] | None = None,
+        loggers: Sequence[TaskObserver] | None = None,
         log_file: str | None = None,
         log_file_max_bytes: int = 10_485_760,
         log_file_backup_count: int = 5,
         log_file_mode: str = "rotate",
         log_lifecycle: bool = False,
-        encrypt_args_key: str | bytes | None = None,
+        encrypt_args_key: str | bytes | Sequence[str | bytes] | None = None,
         max_concurrent_tasks: int | None = None,
         max_sync_threads: int | None = None,
         max_process_workers: int | None = None,
@@ -77,10 +83,6 @@ class TaskManager:
             "snapshot_backend": snapshot_backend is not None,
             "requeue_pending": requeue_pending,
             "retention_days": retention_days is not None,
-            "loggers": bool(loggers),
-            "log_file": log_file is not None,
-            "log_lifecycle": log_lifecycle,
-            "encrypt_args_key": encrypt_args_key is not None,
             "max_process_workers": max_process_workers is not None,
             "queues": queues is not None,
             "max_size": max_size is not None,
@@ -95,11 +97,29 @@ class TaskManager:
         self.retry_replaces_original = retry_replaces_original
         self.registry = TaskRegistry()
         self.core: TaskStore = _core_module.TaskStore(snapshot_db, max_history=max_history)
+        observers = list(loggers or [])
+        if log_file is not None:
+            observers.append(
+                FileLogger(
+                    log_file,
+                    max_bytes=log_file_max_bytes,
+                    backup_count=log_file_backup_count,
+                    mode=log_file_mode,
+                    log_lifecycle=log_lifecycle,
+                )
+            )
+        self.logger = LoggerChain(observers) if observers else None
         self.runner = TaskRunner(
-            self.core, max_concurrent_tasks=max_concurrent_tasks, max_sync_threads=max_sync_threads
+            self.core,
+            max_concurrent_tasks=max_concurrent_tasks,
+            max_sync_threads=max_sync_threads,
+            observers=ObserverThread(self.logger) if self.logger else None,
+            cipher=ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None,
+            on_finished=self._flush_soon if snapshot_db is not None else None,
         )
         self._unregistered: dict[TaskFunc, TaskSpec] = {}
         self._flush_task: asyncio.Task[None] | None = None
+        self._flush_wanted: asyncio.Event | None = None
         self._started = False
         self._apps: set[int] = set()
 
@@ -162,7 +182,8 @@ class TaskManager:
         A persistent task must be restorable from disk, so arguments that JSON cannot
         hold are refused here, before anything is stored.
         """
-        if not spec.config.persist:
+        if not spec.config.persist or self.runner.cipher is not None:
+            # Encrypted arguments are never stored in clear; the ciphertext stays with the task.
             return None, None
         try:
             return orjson.dumps(args), orjson.dumps(kwargs)
@@ -227,12 +248,15 @@ class TaskManager:
     # -- lifecycle ------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Start the periodic snapshot of finished tasks (when a snapshot file is set)."""
+        """Start the observers and the snapshot writer (when a snapshot file is set)."""
         if self._started:
             return
         self._started = True
+        if self.runner.observers is not None:
+            self.runner.observers.start()
         if self.core.db_path is not None:
-            self._flush_task = asyncio.create_task(self._flush_periodically(), name="taskflow-snapshot")
+            self._flush_wanted = asyncio.Event()
+            self._flush_task = asyncio.create_task(self._write_snapshots(self._flush_wanted), name="taskflow-snapshot")
 
     async def shutdown(self) -> None:
         """Stop the snapshot loop, write what finished, release the thread pool."""
@@ -244,8 +268,11 @@ class TaskManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
             self._flush_task = None
+            self._flush_wanted = None
         await self.flush()
         self.runner.shutdown()
+        if self.runner.observers is not None:
+            await asyncio.to_thread(self.runner.observers.stop)
 
     async def flush(self) -> int:
         """Write finished tasks changed since the last flush; 0 without a snapshot file.
@@ -260,9 +287,20 @@ class TaskManager:
             logger.error("fastapi_taskflow: snapshot failed, will retry: %s", exc)
             return 0
 
-    async def _flush_periodically(self) -> None:
+    def _flush_soon(self) -> None:
+        """Called as each task finishes: wake the snapshot writer (cheap when already awake)."""
+        if self._flush_wanted is not None:
+            self._flush_wanted.set()
+
+    async def _write_snapshots(self, wanted: asyncio.Event) -> None:
+        # Finished tasks reach the file within about FLUSH_BATCH_WINDOW of finishing; every
+        # completion in that window shares one transaction. snapshot_interval bounds the
+        # wait when nothing wakes the writer.
         while True:
-            await asyncio.sleep(self.snapshot_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wanted.wait(), self.snapshot_interval)
+            await asyncio.sleep(FLUSH_BATCH_WINDOW)
+            wanted.clear()
             await self.flush()
 
 

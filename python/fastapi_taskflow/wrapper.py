@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,10 +15,21 @@ if TYPE_CHECKING:
 
 
 class TrackedTask(BackgroundTask):
-    """One accepted task in the response's background list; calling it runs every attempt."""
+    """One accepted task in the response's background list; calling it runs every attempt.
+
+    It holds the live arguments (or, with encryption, only their ciphertext) and the
+    context captured when the task was accepted.
+    """
 
     def __init__(
-        self, manager: TaskManager, spec: TaskSpec, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        manager: TaskManager,
+        spec: TaskSpec,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        tags: dict[str, str],
+        payload: bytes | None = None,
     ) -> None:
         # BackgroundTask.__init__ is skipped on purpose: it inspects the function on
         # every call, and our spec already knows how the function runs.
@@ -26,11 +38,14 @@ class TrackedTask(BackgroundTask):
         self.kwargs = kwargs  # type: ignore[assignment]
         self.is_async = True
         self.task_id = task_id
-        self._manager = manager
-        self._spec = spec
+        self.spec = spec
+        self.tags = tags
+        self.payload = payload
+        self.context = contextvars.copy_context()
+        self._runner = manager.runner
 
     async def __call__(self) -> None:
-        await self._manager.runner.run(self._spec, self.task_id, self.args, self.kwargs)
+        await self._runner.run(self)
 
 
 class ManagedBackgroundTasks(BackgroundTasks):
@@ -78,5 +93,10 @@ class ManagedBackgroundTasks(BackgroundTasks):
             kwargs_json=kwargs_json,
         )
         if created:
-            self.tasks.append(TrackedTask(manager, spec, task_id, args, kwargs))
+            cipher = manager.runner.cipher
+            if cipher is None:
+                self.tasks.append(TrackedTask(manager, spec, task_id, args, kwargs, tags or {}))
+            else:
+                payload = cipher.encrypt(args, kwargs)
+                self.tasks.append(TrackedTask(manager, spec, task_id, (), {}, tags or {}, payload))
         return task_id
