@@ -7,7 +7,7 @@ PORT   ?= 8000
 
 .PHONY: venv build-dev build-release test test-rust test-python lint demo bench clean
 
-$(DEPS): pyproject.toml
+$(DEPS): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "maturin>=1.9.4,<2" fastapi python-multipart orjson \

@@ -388,8 +388,6 @@ def test_persistent_task_with_unstorable_argument_is_refused() -> None:
 def test_unavailable_options_are_refused_loudly() -> None:
     with pytest.raises(NotImplementedError, match="queues"):
         TaskManager(queues={})
-    with pytest.raises(NotImplementedError, match="auth"):
-        TaskAdmin(FastAPI(), TaskManager(), auth=("admin", "secret"))
 
 
 def test_executor_mismatch_is_a_value_error() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.params import Depends
 from starlette.concurrency import run_in_threadpool
 
 from .models import TaskStatus
@@ -25,9 +26,12 @@ def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(content=body, media_type="application/json", headers=headers)
 
 
-def create_task_router(manager: TaskManager) -> APIRouter:
-    """Routes over ``manager``'s tasks, to be mounted under the admin prefix."""
-    router = APIRouter(tags=["tasks"])
+def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | None = None) -> APIRouter:
+    """Routes over ``manager``'s tasks, to be mounted under the admin prefix.
+
+    ``dependencies`` run before every route (the admin's authentication and cross-site guards).
+    """
+    router = APIRouter(tags=["tasks"], dependencies=dependencies)
     core = manager.core
 
     async def read(call: Callable[[], T]) -> T:

@@ -1,0 +1,82 @@
+"""The app the dashboard's end-to-end tests serve under uvicorn (copied into a temporary directory)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from fastapi_taskflow import ManagedBackgroundTasks, TaskAdmin, TaskManager
+from fastapi_taskflow.dashboard import stream
+from fastapi_taskflow.task_logging import task_log
+
+if "TASKFLOW_TEST_STREAM_SECONDS" in os.environ:
+    # Streams end this often, so that the browser's own reconnect can be observed.
+    stream.MAX_STREAM_SECONDS = float(os.environ["TASKFLOW_TEST_STREAM_SECONDS"])
+
+task_manager = TaskManager(snapshot_db="tasks.db")
+app = FastAPI()
+_auth = os.environ.get("TASKFLOW_TEST_AUTH")
+TaskAdmin(
+    app,
+    task_manager,
+    auto_install=True,
+    title="Acme tasks",
+    auth=tuple(_auth.split(":", 1)) if _auth else None,
+    secret_key="test-secret-key" if _auth else None,
+)
+_gates: dict[str, asyncio.Event] = {}
+_stream_requests: list[dict[str, str | None]] = []
+
+
+@app.middleware("http")
+async def record_stream_requests(request: Request, call_next: Any) -> Any:
+    if request.url.path.endswith("/dashboard/stream"):
+        _stream_requests.append(
+            {"last_event_id": request.headers.get("last-event-id"), "after": request.query_params.get("after")}
+        )
+    return await call_next(request)
+
+
+@app.get("/debug/stream-requests")
+async def stream_requests() -> list[dict[str, str | None]]:
+    return _stream_requests
+
+
+@task_manager.task(retries=1, delay=0.01)
+async def send_report(customer: str) -> None:
+    task_log(f"report for {customer} sent")
+
+
+@task_manager.task(retries=2, delay=0.01, backoff=2.0)
+async def charge_card(amount: int) -> None:
+    raise ValueError(f"card declined for {amount}")
+
+
+@task_manager.task()
+async def wait_for_gate(gate: str) -> None:
+    # Stays running until the test opens the gate, so it can watch the change live.
+    event = _gates.setdefault(gate, asyncio.Event())
+    task_log(f"waiting for gate {gate}")
+    await event.wait()
+    task_log(f"gate {gate} opened")
+
+
+@app.post("/enqueue/{kind}")
+async def enqueue(kind: str, tasks: ManagedBackgroundTasks, value: str = "x") -> dict[str, str]:
+    if kind == "report":
+        task_id = tasks.add_task(send_report, value, tags={"customer": value})
+    elif kind == "charge":
+        task_id = tasks.add_task(charge_card, 42)
+    else:
+        _gates.setdefault(value, asyncio.Event())
+        task_id = tasks.add_task(wait_for_gate, value)
+    return {"task_id": task_id}
+
+
+@app.post("/open/{gate}")
+async def open_gate(gate: str) -> dict[str, bool]:
+    _gates.setdefault(gate, asyncio.Event()).set()
+    return {"ok": True}
