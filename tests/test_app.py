@@ -214,6 +214,7 @@ def test_failed_task_keeps_error_and_traceback_and_app_keeps_serving() -> None:
         assert record["retries_used"] == 1
         assert record["error"] == "'missing-thing'"
         assert "KeyError" in record["stacktrace"] and "broken" in record["stacktrace"]
+        assert "fastapi_taskflow" not in record["stacktrace"], "the runner's own frames are left out"
         record = task_json(client, client.post("/go/async").json()["task_id"])
         assert record["status"] == "failed"
         assert record["error"] == "SystemError"

@@ -33,6 +33,14 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def user_traceback(exc: BaseException) -> str:
+    """The exception's traceback without the runner's own frames, which only add noise."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
 def retry_delay(delay: float, backoff: float, attempt: int) -> float:
     """Seconds to wait before ``attempt`` (1-based retry number): ``delay * backoff**(attempt-1)``."""
     return delay * backoff ** (attempt - 1)
@@ -173,7 +181,7 @@ class TaskRunner:
         return self.cipher.decrypt(task.payload)
 
     def _finish_failed(self, task: TrackedTask, exc: BaseException, attempt: int, duration: float | None) -> None:
-        stack = "".join(traceback.format_exception(exc))
+        stack = user_traceback(exc)
         error = describe_error(exc)
         self._store.transition(task.task_id, "failed", error=error, stacktrace=stack)
         self._lifecycle(task, "failed", attempt, duration, error, stack)
