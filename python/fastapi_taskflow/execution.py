@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from .crypto import ArgumentCipher
 from .loggers.base import LifecycleEvent, LogEvent
 from .observing import ObserverThread
-from .task_logging import ActiveTask, TaskContext, current_task, stamped
-from .tracing import end_task_span, start_task_span
+from .task_logging import ActiveTask, current_task, stamped
+from .tracing import end_task_span, start_task_span, task_tracer
 
 if TYPE_CHECKING:
     from ._core import TaskStore
@@ -74,6 +74,9 @@ class _InContext:
                 value, error = None, exc
 
 
+_UNRESOLVED = object()
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -98,6 +101,7 @@ class TaskRunner:
         self.observers = observers
         self.cipher = cipher
         self._on_finished = on_finished
+        self._tracer: Any = _UNRESOLVED
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -107,7 +111,7 @@ class TaskRunner:
 
     # -- the LogSink of task_log ---------------------------------------------
 
-    def write_log(self, task: TaskContext, message: str, level: str, extra: dict[str, Any]) -> None:
+    def write_log(self, task: ActiveTask, message: str, level: str, extra: dict[str, Any]) -> None:
         self._store.append_log(task.task_id, stamped(message))
         if self.observers is not None:
             self.observers.emit(
@@ -117,68 +121,74 @@ class TaskRunner:
     # -- running --------------------------------------------------------------
 
     async def run(self, task: TrackedTask) -> None:
-        """Run every attempt of one task and record how it ended. Never raises an ``Exception``."""
-        if not self._store.transition(task.task_id, "running"):
+        """Run every attempt of one task and record how it ended. Never raises an ``Exception``.
+
+        One coroutine for the whole task, on purpose: this is the per-task hot path.
+        """
+        store = self._store
+        task_id = task.task_id
+        if not store.transition(task_id, "running"):
             return  # cancelled or otherwise finished before it could start
-        self._lifecycle(task, "running", 0)
-        span = start_task_span(task.context, task.spec.name, task.task_id)
+        observers = self.observers
+        if observers is not None:
+            self._lifecycle(task, "running", 0)
+        if self._tracer is _UNRESOLVED:
+            # Looked up once: asking OpenTelemetry for its provider reads the environment each time.
+            self._tracer = task_tracer()
+        span = None if self._tracer is None else start_task_span(self._tracer, task.context, task.spec.name, task_id)
+        spec = task.spec
+        config = spec.config
+        attempt = 0
         outcome: BaseException | None = None
         try:
-            outcome = await self._attempts(task)
-        except BaseException as exc:  # cancellation at shutdown: recorded, then passed on
-            outcome = exc
-            raise
+            args: tuple[Any, ...] = task.args
+            kwargs: dict[str, Any] = task.kwargs
+            if task.payload is not None:
+                try:
+                    args, kwargs = self._decrypt(task.payload)
+                except Exception as exc:  # undecryptable arguments: retrying cannot help
+                    outcome = exc
+                    self._finish_failed(task, exc, attempt, None)
+                    return
+            while True:
+                task.context.run(current_task.set, ActiveTask(task_id, spec.name, attempt, task.tags, self))
+                started = time.perf_counter() if observers is not None else 0.0
+                try:
+                    if not spec.is_async:
+                        call = functools.partial(task.context.run, spec.func, *args, **kwargs)
+                        await asyncio.get_running_loop().run_in_executor(self._thread_pool(), call)
+                    elif self._semaphore is None:
+                        await _InContext(spec.func(*args, **kwargs), task.context)
+                    else:
+                        async with self._semaphore:
+                            await _InContext(spec.func(*args, **kwargs), task.context)
+                except asyncio.CancelledError as exc:
+                    outcome = exc
+                    store.transition(task_id, "interrupted", error="cancelled while running (server shutdown)")
+                    self._lifecycle(task, "interrupted", attempt, time.perf_counter() - started)
+                    raise
+                except Exception as exc:
+                    if attempt < config.retries:
+                        attempt += 1
+                        await asyncio.sleep(retry_delay(config.delay, config.backoff, attempt))
+                        store.transition(task_id, "running", retries_used=attempt)
+                        store.append_log(task_id, f"--- Retry {attempt} ---")
+                        continue
+                    outcome = exc
+                    self._finish_failed(task, exc, attempt, time.perf_counter() - started)
+                    return
+                store.transition(task_id, "success")
+                if observers is not None or self._on_finished is not None:
+                    self._lifecycle(task, "success", attempt, time.perf_counter() - started)
+                return
         finally:
             if span is not None:
                 end_task_span(span, outcome)
 
-    async def _attempts(self, task: TrackedTask) -> BaseException | None:
-        """Attempts with retries; returns the final error, or None on success."""
-        store = self._store
-        task_id = task.task_id
-        spec = task.spec
-        config = spec.config
-        attempt = 0
-        try:
-            args, kwargs = self._arguments(task)
-        except Exception as exc:  # undecryptable arguments: retrying cannot help
-            self._finish_failed(task, exc, attempt, None)
-            return exc
-        while True:
-            task.context.run(current_task.set, ActiveTask(TaskContext(task_id, spec.name, attempt, task.tags), self))
-            started = time.perf_counter()
-            try:
-                if not spec.is_async:
-                    call = functools.partial(task.context.run, spec.func, *args, **kwargs)
-                    await asyncio.get_running_loop().run_in_executor(self._thread_pool(), call)
-                elif self._semaphore is None:
-                    await _InContext(spec.func(*args, **kwargs), task.context)
-                else:
-                    async with self._semaphore:
-                        await _InContext(spec.func(*args, **kwargs), task.context)
-            except asyncio.CancelledError:
-                store.transition(task_id, "interrupted", error="cancelled while running (server shutdown)")
-                self._lifecycle(task, "interrupted", attempt, time.perf_counter() - started)
-                raise
-            except Exception as exc:
-                if attempt < config.retries:
-                    attempt += 1
-                    await asyncio.sleep(retry_delay(config.delay, config.backoff, attempt))
-                    store.transition(task_id, "running", retries_used=attempt)
-                    store.append_log(task_id, f"--- Retry {attempt} ---")
-                    continue
-                self._finish_failed(task, exc, attempt, time.perf_counter() - started)
-                return exc
-            store.transition(task_id, "success")
-            self._lifecycle(task, "success", attempt, time.perf_counter() - started)
-            return None
-
-    def _arguments(self, task: TrackedTask) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if task.payload is None:
-            return task.args, task.kwargs
+    def _decrypt(self, payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if self.cipher is None:
             raise RuntimeError("the task's arguments are encrypted but no encrypt_args_key is configured")
-        return self.cipher.decrypt(task.payload)
+        return self.cipher.decrypt(payload)
 
     def _finish_failed(self, task: TrackedTask, exc: BaseException, attempt: int, duration: float | None) -> None:
         stack = user_traceback(exc)

@@ -23,17 +23,28 @@ class TaskContext:
 
 
 class LogSink(Protocol):
-    def write_log(self, task: TaskContext, message: str, level: str, extra: dict[str, Any]) -> None: ...
+    def write_log(self, task: ActiveTask, message: str, level: str, extra: dict[str, Any]) -> None: ...
 
 
 class ActiveTask:
-    """What the context variable holds while an attempt runs."""
+    """What the context variable holds while an attempt runs.
 
-    __slots__ = ("context", "sink")
+    A plain slotted object: one is made per attempt on the hot path, and the frozen
+    ``TaskContext`` is only built when code inside the task asks for it.
+    """
 
-    def __init__(self, context: TaskContext, sink: LogSink) -> None:
-        self.context = context
+    __slots__ = ("attempt", "func_name", "sink", "tags", "task_id")
+
+    def __init__(self, task_id: str, func_name: str, attempt: int, tags: dict[str, str], sink: LogSink) -> None:
+        self.task_id = task_id
+        self.func_name = func_name
+        self.attempt = attempt
+        self.tags = tags
         self.sink = sink
+
+    @property
+    def context(self) -> TaskContext:
+        return TaskContext(self.task_id, self.func_name, self.attempt, self.tags)
 
 
 current_task: ContextVar[ActiveTask | None] = ContextVar("fastapi_taskflow_task", default=None)
@@ -55,7 +66,7 @@ def task_log(message: str, *, level: str = "info", **extra: Any) -> None:
     if active is None:
         _fallback_logger.log(_LEVELS.get(level.lower(), logging.INFO), "%s", message)
         return
-    active.sink.write_log(active.context, message, level, extra)
+    active.sink.write_log(active, message, level, extra)
 
 
 def stamped(message: str) -> str:

@@ -16,11 +16,15 @@ except ImportError:  # the optional dependency is absent: tasks run without span
     trace = None  # type: ignore[assignment]
 
 
-def start_task_span(ctx: contextvars.Context, func_name: str, task_id: str) -> Any | None:
-    """Start a span for one task inside ``ctx`` and make it current there; None without tracing."""
+def task_tracer() -> Any | None:
+    """Our tracer once a real tracer provider is configured; None before that or without OpenTelemetry."""
     if trace is None or isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         return None
-    tracer = trace.get_tracer("fastapi_taskflow")
+    return trace.get_tracer("fastapi_taskflow")
+
+
+def start_task_span(tracer: Any, ctx: contextvars.Context, func_name: str, task_id: str) -> Any:
+    """Start a span for one task inside ``ctx`` and make it current there."""
     span = ctx.run(tracer.start_span, f"task {func_name}", attributes={"taskflow.task_id": task_id})
     ctx.run(otel_context.attach, trace.set_span_in_context(span))
     return span
