@@ -65,7 +65,7 @@ def tables(results: Mapping[str, Results]) -> list[Table]:
             "2. End-to-end no-op async tasks (enqueue, `await tasks()`), tasks/s",
             (
                 Row("in memory", "e2e", "rate"),
-                Row("with snapshot_db (flush included)", "e2e.snapshot", "rate"),
+                Row("with snapshot_db (periodic writer running, final flush included)", "e2e.snapshot", "rate"),
             ),
         ),
         Table(
@@ -78,7 +78,33 @@ def tables(results: Mapping[str, Results]) -> list[Table]:
             tuple(Row(f"fill {n:,}", f"fill.{n}") for n in sizes)
             + tuple(Row(f"flush {n:,}", f"flush.{n}") for n in sizes),
         ),
+        Table(
+            "6. Core operations on `TaskStore` alone (10,000 records), µs per call",
+            tuple(Row(label, key) for key, label in CORE_OPS.items()),
+        ),
     ]
+
+
+#: Keys and labels of the core operations (scenario 6).
+CORE_OPS = {
+    "ops.create": "`create(name)`",
+    "ops.transition": "`transition(id, status)` (running, then success)",
+    "ops.metrics": "`metrics_json()`",
+    "ops.page": "`page_json(limit=100)`, in memory",
+    "ops.flush": "snapshot write: `flush()` of 10,000 records, per record",
+}
+
+
+def core_ratios(results: Mapping[str, Results]) -> str:
+    """One line: how many times faster the Rust core is than the Python core at each operation."""
+    short = {"ops.create": "create", "ops.transition": "transition", "ops.metrics": "metrics read"}
+    short |= {"ops.page": "page read", "ops.flush": "snapshot write"}
+    parts = []
+    for key, name in short.items():
+        rust, python = _value(results.get("rust"), key), _value(results.get("python"), key)
+        if rust and python:
+            parts.append(f"{name} {python / rust:.1f}x")
+    return "Core operations, Rust vs Python (times faster): " + (", ".join(parts) or "n/a") + "."
 
 
 def _value(results: Results, key: str) -> float | None:
@@ -119,4 +145,6 @@ def render(results: Mapping[str, Results], machine: str) -> str:
         blocks.append(render_table(table, results))
         if table.title.startswith("2."):
             blocks.append(snapshot_kept(results))
+        if table.title.startswith("6."):
+            blocks.append(core_ratios(results))
     return "\n\n".join(blocks) + "\n"

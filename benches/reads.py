@@ -75,6 +75,7 @@ def asgi_get(app: Any, path: str, query: bytes) -> Callable[[], Awaitable[int]]:
 
 async def _latencies(manager: TaskManager, prefix: str, *, budget_s: float) -> dict[str, float]:
     from fastapi import FastAPI
+
     from fastapi_taskflow import TaskAdmin
 
     app = FastAPI()

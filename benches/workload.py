@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 
 import targets
+from coreops import core_ops
 from enqueue import add_task_us, end_to_end_tps
 from reads import empty_route_us, read_scenarios
 
@@ -62,6 +63,9 @@ async def _run(variant: str, scale: Scale) -> dict[str, float]:
             repeats=scale.repeats,
         )
     results.update(await read_scenarios(scale.read_sizes, budget_s=scale.read_budget_s))
+    from fastapi_taskflow._selected import core
+
+    results.update(core_ops(core.TaskStore, runs=scale.repeats, budget_s=scale.read_budget_s))
     return results
 
 

@@ -1,7 +1,8 @@
 //! Bounded ring of events with gap-free sequence numbers (SSE resume).
 //!
-//! Events are kept as the values they carry and serialised only when read: most events are
-//! never read, and keeping values instead of JSON is also several times smaller.
+//! Events are kept as the values they carry and serialised only when first read: most
+//! events are never read, and a value is several times smaller than its JSON. Once read, a
+//! slot holds its JSON instead, so the many readers of a live stream serialise it once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,10 +10,17 @@ use std::sync::Arc;
 use super::json::{write_int, write_str};
 use super::record::{write_task_json, Progress, TaskInfo, UuidText};
 
+/// One kept event: its value until first read, then its JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Slot<T> {
+    Value(T),
+    Json(Arc<[u8]>),
+}
+
 /// Keeps the newest `capacity` events. Sequence numbers start at 1 and increase by one.
 #[derive(Debug)]
 pub(crate) struct EventRing<T> {
-    events: VecDeque<(u64, T)>,
+    events: VecDeque<(u64, Slot<T>)>,
     capacity: usize,
     last_seq: u64,
 }
@@ -39,14 +47,14 @@ impl<T: Clone> EventRing<T> {
         if self.events.len() >= self.capacity {
             self.events.pop_front();
         }
-        self.events.push_back((seq, event));
+        self.events.push_back((seq, Slot::Value(event)));
         self.last_seq = seq;
         seq
     }
 
     /// Events with a sequence number above `after`, oldest first, at most `limit`, and whether
     /// some events after `after` have already been dropped.
-    pub(crate) fn since(&self, after: i64, limit: usize) -> (Vec<(u64, T)>, bool) {
+    pub(crate) fn since(&self, after: i64, limit: usize) -> (Vec<(u64, Slot<T>)>, bool) {
         let Some(&(oldest, _)) = self.events.front() else {
             return (Vec::new(), false);
         };
@@ -58,6 +66,24 @@ impl<T: Clone> EventRing<T> {
             .min(self.events.len());
         let items = self.events.range(skip..).take(limit).cloned().collect();
         (items, missed)
+    }
+
+    /// Keeps `json` as the form of event `seq`, if that event is still kept as a value.
+    pub(crate) fn store_json(&mut self, seq: u64, json: Arc<[u8]>) {
+        let Some(&(oldest, _)) = self.events.front() else {
+            return;
+        };
+        let Some(i) = seq
+            .checked_sub(oldest)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        if let Some((s, slot)) = self.events.get_mut(i) {
+            if *s == seq && matches!(slot, Slot::Value(_)) {
+                *slot = Slot::Json(json);
+            }
+        }
     }
 
     #[cfg(test)]
@@ -139,7 +165,7 @@ mod tests {
         let (items, missed) = r.since(0, 10);
         assert!(missed);
         assert_eq!(items.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 4, 5]);
-        assert_eq!(items[0].1, "3");
+        assert_eq!(items[0].1, Slot::Value("3".to_owned()));
         // after = 2 is exactly the one before the oldest kept: nothing missed.
         assert!(!r.since(2, 10).1);
         assert!(r.since(1, 10).1);
@@ -148,6 +174,22 @@ mod tests {
         assert_eq!(r.since(99, 10), (vec![], false));
         assert_eq!(r.since(-5, 1).0.len(), 1);
         assert_eq!(r.since(0, 0), (vec![], true));
+    }
+
+    #[test]
+    fn json_replaces_the_value_once() {
+        let mut r = ring_with(3, 5);
+        r.store_json(4, Arc::from(&b"four"[..]));
+        r.store_json(2, Arc::from(&b"gone"[..]));
+        r.store_json(9, Arc::from(&b"later"[..]));
+        r.store_json(4, Arc::from(&b"again"[..]));
+        let (items, _) = r.since(0, 10);
+        assert_eq!(items[0].1, Slot::Value("3".to_owned()));
+        assert_eq!(items[1].1, Slot::Json(Arc::from(&b"four"[..])));
+        assert_eq!(items[2].1, Slot::Value("5".to_owned()));
+        r.push("6".to_owned());
+        r.push("7".to_owned());
+        assert_eq!(r.since(0, 1).0[0], (5, Slot::Value("5".to_owned())));
     }
 
     #[test]
@@ -191,8 +233,8 @@ mod tests {
             let expected: Vec<u64> = (first..=n).take(limit).collect();
             let got: Vec<u64> = items.iter().map(|e| e.0).collect();
             prop_assert_eq!(&got, &expected);
-            for (seq, json) in &items {
-                prop_assert_eq!(json, &seq.to_string());
+            for (seq, slot) in &items {
+                prop_assert_eq!(slot, &Slot::Value(seq.to_string()));
             }
         }
     }

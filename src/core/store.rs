@@ -17,7 +17,7 @@ use super::record::{
     duration_seconds, new_uuid4, parse_uuid, unknown_status_message, Progress, Record, Status,
     Tags, TaskInfo, UuidText,
 };
-use super::ring::{Event, EventRing};
+use super::ring::{Event, EventRing, Slot};
 use super::snapshot::{DiskRecord, PageQuery, Snapshot};
 
 /// Hashes a random UUID by folding its halves: ids are generated here, never chosen by input.
@@ -47,7 +47,7 @@ type NameBuild = foldhash::fast::RandomState;
 const MAX_INTERNED: usize = 4096;
 
 /// One serialised event: its sequence number and JSON.
-pub(crate) type EventJson = (u64, Vec<u8>);
+pub(crate) type EventJson = (u64, Arc<[u8]>);
 
 /// Sizes of a store, as passed to `TaskStore(...)`.
 #[derive(Clone, Copy, Debug)]
@@ -159,6 +159,8 @@ impl Interner {
 struct Entry {
     record: Record,
     name_id: usize,
+    /// Whether the record was created with an idempotency key (saves a cold load at eviction).
+    keyed: bool,
     /// The record's JSON as last served, until it changes (pages are read again and again).
     json: Option<Arc<[u8]>>,
 }
@@ -185,9 +187,10 @@ impl Entry {
 #[derive(Debug)]
 struct State {
     records: HashMap<u128, Entry, IdBuild>,
-    /// Keys by status and by name. B-trees: a key may leave from anywhere (a task that
-    /// starts out of order, or the oldest finished record behind a long queue of pending
-    /// ones). Unfiltered pages merge the status sets.
+    /// Keys of every record in memory, by status and by name. B-trees: a key may leave
+    /// from anywhere (a task that starts out of order, or the oldest finished record behind
+    /// a long queue of pending ones).
+    all: BTreeSet<Key>,
     by_status: [BTreeSet<Key>; 7],
     by_name: Vec<BTreeSet<Key>>,
     names: NameTable,
@@ -207,20 +210,24 @@ struct State {
 }
 
 impl State {
-    /// Removes a record from memory with every trace of it (indexes, key, dirty mark).
-    fn evict(&mut self, id: u128) {
+    /// Removes a finished record from memory with every trace of it (indexes, idempotency
+    /// key, dirty mark). Takes the key, as retention has it: the record is cold by then.
+    fn evict(&mut self, key: Key) {
+        let id = key.1;
         let Some(entry) = self.records.remove(&id) else {
             return;
         };
-        let key = (entry.record.info.created_us, id);
         self.finished.remove(&key);
+        self.all.remove(&key);
         self.by_status[entry.record.status().index()].remove(&key);
         if let Some(set) = self.by_name.get_mut(entry.name_id) {
             set.remove(&key);
         }
-        if let Some(k) = &entry.record.info.idempotency_key {
-            if self.keys.get(k.as_ref()) == Some(&id) {
-                self.keys.remove(k.as_ref());
+        if entry.keyed {
+            if let Some(k) = &entry.record.info.idempotency_key {
+                if self.keys.get(k.as_ref()) == Some(&id) {
+                    self.keys.remove(k.as_ref());
+                }
             }
         }
         self.dirty.remove(&id);
@@ -235,22 +242,22 @@ impl State {
         }
         if !self.persist {
             for _ in 0..excess {
-                let Some(&(_, id)) = self.finished.iter().next() else {
+                let Some(&key) = self.finished.iter().next() else {
                     break;
                 };
-                self.evict(id);
+                self.evict(key);
             }
             return;
         }
-        let victims: Vec<u128> = self
+        let victims: Vec<Key> = self
             .finished
             .iter()
-            .map(|k| k.1)
-            .filter(|id| !self.dirty.contains(id))
+            .filter(|k| !self.dirty.contains(&k.1))
             .take(excess)
+            .copied()
             .collect();
-        for id in victims {
-            self.evict(id);
+        for key in victims {
+            self.evict(key);
         }
     }
 
@@ -272,9 +279,7 @@ impl State {
             }
             (Some(s), None) => newest_first(&self.by_status[s.index()]),
             (None, Some(n)) => newest_first(&self.by_name[n]),
-            (None, None) => Box::new(MergeDesc::new(
-                self.by_status.iter().map(newest_first).collect(),
-            )),
+            (None, None) => newest_first(&self.all),
         };
         let mut out = Vec::with_capacity(limit.min(1024));
         for (created, id) in candidates {
@@ -309,35 +314,6 @@ fn newest_first(set: &BTreeSet<Key>, upto: Option<Key>) -> Box<dyn Iterator<Item
     }
 }
 
-/// Merges iterators of descending keys into one descending sequence.
-struct MergeDesc<'a> {
-    heads: Vec<(Option<Key>, Box<dyn Iterator<Item = Key> + 'a>)>,
-}
-
-impl<'a> MergeDesc<'a> {
-    fn new(iters: Vec<Box<dyn Iterator<Item = Key> + 'a>>) -> MergeDesc<'a> {
-        let heads = iters.into_iter().map(|mut it| (it.next(), it)).collect();
-        MergeDesc { heads }
-    }
-}
-
-impl Iterator for MergeDesc<'_> {
-    type Item = Key;
-
-    fn next(&mut self) -> Option<Key> {
-        let (_, best) = self
-            .heads
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (head, _))| head.map(|k| (k, i)))
-            .max()?;
-        let (head, it) = &mut self.heads[best];
-        let key = head.take();
-        *head = it.next();
-        key
-    }
-}
-
 /// A parsed page cursor: the key of the last record of the previous page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cursor {
@@ -362,6 +338,41 @@ impl Cursor {
             created_us,
             task_id: id.to_owned(),
         })
+    }
+}
+
+/// One page of records: each record's JSON object, newest first, and the next cursor.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) items: Vec<Arc<[u8]>>,
+    pub(crate) next: Option<String>,
+}
+
+impl Page {
+    /// Length of the page as one JSON array.
+    pub(crate) fn json_len(&self) -> usize {
+        let commas = self.items.len().saturating_sub(1);
+        self.items.iter().map(|j| j.len()).sum::<usize>() + commas + 2
+    }
+
+    /// Writes the JSON array into `out`, which is exactly `json_len()` bytes long (the
+    /// caller allocates it where the bytes must end up, so they are copied once).
+    pub(crate) fn write_json(&self, out: &mut [u8]) {
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(dst) = out.get_mut(at..at + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+            at += bytes.len();
+        };
+        put(b"[");
+        for (i, json) in self.items.iter().enumerate() {
+            if i > 0 {
+                put(b",");
+            }
+            put(json);
+        }
+        put(b"]");
     }
 }
 
@@ -399,6 +410,7 @@ impl TaskStore {
         let snapshot = db_path.map(Snapshot::open).transpose()?;
         let mut state = State {
             records: HashMap::default(),
+            all: BTreeSet::new(),
             by_status: Default::default(),
             by_name: Vec::new(),
             names: NameTable::default(),
@@ -459,6 +471,7 @@ impl TaskStore {
         let args_json = t.args_json.map(Arc::from);
         let kwargs_json = t.kwargs_json.map(Arc::from);
         let key_arc: Option<Arc<str>> = t.idempotency_key.map(Arc::from);
+        let keyed = key_arc.is_some();
         let mut guard = self.lock();
         let st = &mut *guard;
         if let Some(k) = t.idempotency_key {
@@ -489,6 +502,7 @@ impl TaskStore {
             kwargs_json,
         });
         let key = (now, id);
+        st.all.insert(key);
         st.by_status[Status::Pending.index()].insert(key);
         if name_id >= st.by_name.len() {
             st.by_name.resize_with(name_id + 1, BTreeSet::new);
@@ -513,6 +527,7 @@ impl TaskStore {
             Entry {
                 record,
                 name_id,
+                keyed,
                 json: None,
             },
         );
@@ -668,8 +683,8 @@ impl TaskStore {
         }))
     }
 
-    /// One page as a JSON array, newest first, with the cursor of the next page.
-    pub(crate) fn page_json(&self, req: &PageRequest<'_>) -> CoreResult<(Vec<u8>, Option<String>)> {
+    /// One page, newest first, with the cursor of the next page.
+    pub(crate) fn page(&self, req: &PageRequest<'_>) -> CoreResult<Page> {
         let status = req
             .status
             .map(|s| {
@@ -714,15 +729,25 @@ impl TaskStore {
             })?,
             None => Vec::new(),
         };
+        if disk.is_empty() {
+            let more = mem.len() > limit;
+            mem.truncate(limit);
+            let next = if more {
+                mem.last()
+                    .map(|((c, id), _)| format!("{c}:{}", UuidText::new(*id).as_str()))
+            } else {
+                None
+            };
+            let items = mem.into_iter().map(|(_, json)| json).collect();
+            return Ok(Page { items, next });
+        }
 
-        let mem_len: usize = mem.iter().map(|(_, j)| j.len() + 1).sum();
-        let mut out = Vec::with_capacity(mem_len + 512 * disk.len() + 2);
-        out.push(b'[');
-        let (mut i, mut j, mut n) = (0, 0, 0);
+        let mut items: Vec<Arc<[u8]>> = Vec::with_capacity(limit.min(mem.len() + disk.len()));
+        let (mut i, mut j) = (0, 0);
         let mut last: Option<(i64, String)> = None;
         let mut more = false;
         while i < mem.len() || j < disk.len() {
-            if n == limit {
+            if items.len() == limit {
                 more = true;
                 break;
             }
@@ -738,29 +763,35 @@ impl TaskStore {
                 (Some(_), None) => true,
                 _ => false,
             };
-            if n > 0 {
-                out.push(b',');
-            }
             if take_mem {
                 let ((created, id), json) = &mem[i];
-                out.extend_from_slice(json);
+                items.push(Arc::clone(json));
                 last = Some((*created, UuidText::new(*id).as_str().to_owned()));
                 i += 1;
             } else {
                 let d = &disk[j];
-                d.record.write_json(&mut out, &d.task_id);
+                let mut buf = Vec::with_capacity(512);
+                d.record.write_json(&mut buf, &d.task_id);
+                items.push(Arc::from(buf));
                 last = Some((d.created_us, d.task_id.clone()));
                 j += 1;
             }
-            n += 1;
         }
-        out.push(b']');
         let next = if more {
             last.map(|(c, id)| format!("{c}:{id}"))
         } else {
             None
         };
-        Ok((out, next))
+        Ok(Page { items, next })
+    }
+
+    /// One page as a JSON array, newest first, with the cursor of the next page.
+    #[cfg(test)]
+    pub(crate) fn page_json(&self, req: &PageRequest<'_>) -> CoreResult<(Vec<u8>, Option<String>)> {
+        let page = self.page(req)?;
+        let mut out = vec![0; page.json_len()];
+        page.write_json(&mut out);
+        Ok((out, page.next))
     }
 
     /// Summaries of every task seen, memory and disk.
@@ -792,14 +823,27 @@ impl TaskStore {
         }
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let (events, missed) = self.lock().ring.since(after, limit);
-        let out = events
+        // Serialised outside the lock, then kept in the ring for the next readers.
+        let mut fresh: Vec<EventJson> = Vec::new();
+        let out: Vec<EventJson> = events
             .into_iter()
-            .map(|(seq, ev)| {
-                let mut buf = Vec::with_capacity(384);
-                ev.write_json(seq, &mut buf);
-                (seq, buf)
+            .map(|(seq, slot)| match slot {
+                Slot::Json(json) => (seq, json),
+                Slot::Value(ev) => {
+                    let mut buf = Vec::with_capacity(384);
+                    ev.write_json(seq, &mut buf);
+                    let json: Arc<[u8]> = Arc::from(buf);
+                    fresh.push((seq, Arc::clone(&json)));
+                    (seq, json)
+                }
             })
             .collect();
+        if !fresh.is_empty() {
+            let mut st = self.lock();
+            for (seq, json) in fresh {
+                st.ring.store_json(seq, json);
+            }
+        }
         Ok((out, missed))
     }
 
@@ -999,6 +1043,25 @@ mod tests {
         ));
         assert!(s.get(&other).expect("get").is_none());
         assert!(s.get_json("junk").expect("get").is_none());
+    }
+
+    #[test]
+    fn events_are_serialised_once() {
+        let s = store(10);
+        run(&s, "f", "success");
+        let (first, _) = s.events_since(0, 10).expect("events");
+        assert!(matches!(
+            s.lock().ring.since(0, 10).0.as_slice(),
+            [(1, Slot::Json(_)), (2, Slot::Json(_)), (3, Slot::Json(_))]
+        ));
+        let (again, missed) = s.events_since(1, 10).expect("events");
+        assert!(!missed);
+        assert_eq!(again.len(), 2);
+        assert!(
+            Arc::ptr_eq(&first[1].1, &again[0].1),
+            "served from the ring"
+        );
+        assert_eq!(json(&again[1].1)["task"]["status"], "success");
     }
 
     #[test]

@@ -206,12 +206,16 @@ impl TaskStore {
             limit,
             cursor,
         };
-        let (json, next) = if self.inner.has_disk() {
-            py.detach(|| self.inner.page_json(&req))?
+        let page = if self.inner.has_disk() {
+            py.detach(|| self.inner.page(&req))?
         } else {
-            self.inner.page_json(&req)?
+            self.inner.page(&req)?
         };
-        Ok((PyBytes::new(py, &json), next))
+        let json = PyBytes::new_with(py, page.json_len(), |buf| {
+            page.write_json(buf);
+            Ok(())
+        })?;
+        Ok((json, page.next))
     }
 
     /// Aggregates over every task this store has seen, memory and disk, as JSON.
@@ -230,10 +234,12 @@ impl TaskStore {
         limit: i64,
     ) -> PyResult<(Bound<'py, PyList>, bool)> {
         let (events, missed) = self.inner.events_since(after, limit)?;
-        let items = PyList::empty(py);
-        for (seq, json) in &events {
-            items.append((*seq, PyBytes::new(py, json)))?;
-        }
+        let items = PyList::new(
+            py,
+            events
+                .iter()
+                .map(|(seq, json)| (*seq, PyBytes::new(py, json))),
+        )?;
         Ok((items, missed))
     }
 

@@ -218,6 +218,24 @@ def test_memory_is_served_after_close(make_store: StoreFactory, db_path: str) ->
     assert store.get(task_id)["task_id"] == task_id
 
 
+def test_memory_stays_bounded_after_close(make_store: StoreFactory, db_path: str) -> None:
+    store = make_store(db_path, max_history=3)
+    unwritten = finished_records(store, 5)
+    live, _ = store.create("f")
+    assert store.memory_len() == 6  # nothing is on disk yet, so nothing has left
+    store.close()
+    # Without a file to write to, the store keeps what a store without a file keeps.
+    assert store.memory_len() == 4
+    assert [store.get(task_id) is not None for task_id in unwritten] == [False, False, True, True, True]
+    more = finished_records(store, 20)
+    assert store.memory_len() == 4
+    assert store.get(live) is not None
+    for task_id in more[-3:]:
+        store.append_log(task_id, "after close")
+    assert store.memory_len() == 4
+    assert [r["task_id"] for r in all_pages(store, 10)] == [*more[:-4:-1], live]
+
+
 def test_status_filter_reads_disk(make_store: StoreFactory, db_path: str) -> None:
     store = make_store(db_path, max_history=1)
     ids = []

@@ -65,6 +65,7 @@ class TaskStore:
         "_max_history",
         "_max_log_lines",
         "_metrics",
+        "_persist",
         "_records",
         "_ring",
     )
@@ -92,6 +93,9 @@ class TaskStore:
         # Ids of finished records changed since the last flush (only kept when there is a file).
         self._dirty: set[str] = set()
         self._db_path = db_path
+        # Whether finished records must reach the file before they may leave memory; False
+        # without a file and once it is closed.
+        self._persist = db_path is not None
         self._db: SnapshotDb | None = None
         if db_path is not None:
             db = SnapshotDb(db_path)
@@ -224,7 +228,7 @@ class TaskStore:
             )
             if finished:
                 self._finished.add(rec.key)
-                if self._db_path is not None:
+                if self._persist:
                     self._dirty.add(task_id)
                 elif len(self._finished) > self._max_history:
                     self._evict([self._records[self._finished.pop_oldest()[1]]])
@@ -242,7 +246,7 @@ class TaskStore:
                 logs = rec.logs = deque(maxlen=self._max_log_lines)
             logs.append(line)
             rec.cache = None
-            if self._db_path is not None and rec.status in FINISHED_SET:
+            if self._persist and rec.status in FINISHED_SET:
                 self._dirty.add(task_id)
             self._ring.push(("log", task_id, line))
 
@@ -349,9 +353,15 @@ class TaskStore:
         return len(parts)
 
     def close(self) -> None:
+        """Close the file; from then on finished records leave memory as they would without one."""
         db, self._db = self._db, None
         if db is not None:
             db.close()
+            with self._lock:
+                self._persist = False
+                excess = len(self._finished) - self._max_history
+                if excess > 0:
+                    self._evict([self._records[self._finished.pop_oldest()[1]] for _ in range(excess)])
 
     # -- reads ---------------------------------------------------------------------------
 
