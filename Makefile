@@ -31,7 +31,7 @@ test-python: build-dev
 	$(PY) -m pytest -q
 
 ## Build, then run the Rust tests and the Python suite.
-test: build-dev test-rust test-python
+test: build-dev test-rust test-python test-wheel
 
 lint: $(DEPS)
 	cargo fmt --check
