@@ -82,7 +82,20 @@ def tables(results: Mapping[str, Results]) -> list[Table]:
             "6. Core operations on `TaskStore` alone (10,000 records), µs per call",
             tuple(Row(label, key) for key, label in CORE_OPS.items()),
         ),
+        Table(
+            "7. Observability, µs per call: enqueues (`add_task(noop, 1, x=2)`) and `task_log` inside a task",
+            tuple(Row(label, key) for key, label in OBSERVABILITY.items()),
+        ),
     ]
+
+
+#: Keys and labels of the observability costs (scenario 7).
+OBSERVABILITY = {
+    "obs.plain": "plain enqueue",
+    "obs.tags": "enqueue with `tags={...}` (2 tags)",
+    "obs.encrypted": "enqueue with `encrypt_args_key` set (Fernet)",
+    "obs.task_log": "`task_log(message, level=..., row=n)`, no observers",
+}
 
 
 #: Keys and labels of the core operations (scenario 6).

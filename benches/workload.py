@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import targets
 from coreops import core_ops
 from enqueue import add_task_us, end_to_end_tps
+from observability import observability_costs
 from reads import empty_route_us, read_scenarios
 
 VARIANTS = ("starlette", "rust", "python")
@@ -66,6 +67,7 @@ async def _run(variant: str, scale: Scale) -> dict[str, float]:
     from fastapi_taskflow._selected import core
 
     results.update(core_ops(core.TaskStore, runs=scale.repeats, budget_s=scale.read_budget_s))
+    results.update(await observability_costs(calls=scale.add_task_calls // 5, repeats=scale.repeats))
     return results
 
 
