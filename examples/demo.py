@@ -60,6 +60,7 @@ def main() -> None:
         print(f"\nSent {len(ids)} signups; each enqueued a send_email task.\n")
         print("Metrics:", json.dumps(request("GET", f"{base}/tasks/metrics"), indent=2))
         print("\nOpen:")
+        print(f"  {base}/tasks/dashboard       the live dashboard")
         print(f"  {base}/tasks?limit=20        newest tasks (X-Next-Cursor header pages on)")
         print(f"  {base}/tasks/{ids[-1]}")
         print(f"  {base}/tasks/metrics")
