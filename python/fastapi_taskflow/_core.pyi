@@ -119,6 +119,8 @@ class TaskStore:
     def append_log(self, task_id: str, line: str) -> None:
         """Append one line to the record's logs (bounded) and emit a ``log`` event.
 
+        A line dropped by the bound is counted in the record's ``logs_dropped``.
+
         Raises ``KeyError`` for an id that is not in memory.
         """
 
@@ -127,11 +129,15 @@ class TaskStore:
 
         Keys: the 16 JSON keys (timestamps as ISO strings, like the JSON) plus
         ``idempotency_key`` (str | None), ``args_json`` and ``kwargs_json``
-        (bytes | None). None when the id is unknown.
+        (bytes | None) and ``logs_dropped`` (int). None when the id is unknown.
         """
 
     def get_json(self, task_id: str) -> bytes | None:
-        """The record's JSON object (16 keys), or None when the id is unknown."""
+        """The record's detail JSON, or None when the id is unknown.
+
+        The 16 keys followed by ``logs_dropped``: how many log lines the
+        per-record bound has dropped (list pages keep exactly the 16 keys).
+        """
 
     def page_json(
         self,
@@ -140,12 +146,17 @@ class TaskStore:
         func_name: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        tag: str | None = None,
     ) -> tuple[bytes, str | None]:
         """One page of records as a JSON array, newest first, and the next cursor.
 
         Merges memory and the snapshot file (a record in both is listed once, as
-        in memory). The cursor is None when this page is the last one. Raises
-        ``ValueError`` for an unknown status, a limit below 1 or a malformed cursor.
+        in memory). The cursor is None when this page is the last one. ``tag`` is
+        ``"key=value"``, split at the first ``=``: only records whose tags hold
+        that key with exactly that value (on disk through the ``task_tags`` table
+        of schema version 2; in memory by scanning the records held). Raises
+        ``ValueError`` for an unknown status, a limit below 1, a malformed cursor
+        or a tag without ``=``.
         """
 
     def metrics_json(self) -> bytes:
@@ -159,6 +170,23 @@ class TaskStore:
         durations), and ``by_name``: an object keyed by function name, each
         value holding the same keys except ``by_name``. Costs O(task names),
         never O(records).
+        """
+
+    def metrics_prometheus(self) -> bytes:
+        """The same aggregates as OpenMetrics 1.0 text (UTF-8), ending with ``# EOF``.
+
+        Families, each with HELP and TYPE lines, samples sorted by label:
+        ``taskflow_tasks_created`` (counter, ``_total{func_name}``: records created),
+        ``taskflow_tasks_finished`` (counter, ``_total{func_name,status}`` for the
+        five finished statuses: moves into that status, never decremented),
+        ``taskflow_tasks_live{func_name,status}`` (gauge, pending and running),
+        ``taskflow_task_duration_seconds{func_name}`` (histogram, unit seconds:
+        cumulative ``_bucket`` at every tenth internal bound, ``le`` = ``10 **
+        (k / 20)`` for k = -120, -110 .. 80 written as ``repr`` writes it, then
+        ``le="+Inf"``, ``_count`` and ``_sum``, the sum also written as ``repr``)
+        and ``taskflow_queue_depth{queue}`` (gauge: pending records in memory per
+        queue name). Label values are escaped per OpenMetrics. Both cores render
+        the same state to the same bytes. Costs O(task names + queues).
         """
 
     def events_since(self, after: int, limit: int = 1_000) -> tuple[list[tuple[int, bytes]], bool]:

@@ -8,11 +8,11 @@ use super::record::{Status, STATUSES};
 
 /// Number of histogram bounds: `10^(k/20)` seconds for `k = -120..=80` (1 µs .. 10^4 s).
 /// Twin: `_HIST_BOUNDS` in `_pycore` (the identical definition).
-const BOUNDS: usize = 201;
+pub(super) const BOUNDS: usize = 201;
 /// One bucket per bound plus an overflow bucket for durations above the last bound.
 const BUCKETS: usize = BOUNDS + 1;
 
-fn bounds() -> &'static [f64; BOUNDS] {
+pub(super) fn bounds() -> &'static [f64; BOUNDS] {
     static B: OnceLock<[f64; BOUNDS]> = OnceLock::new();
     B.get_or_init(|| {
         let mut b = [0.0; BOUNDS];
@@ -32,13 +32,13 @@ fn bucket_of(d: f64) -> usize {
 /// Aggregates of one group of tasks (all of them, or one function name).
 #[derive(Clone, Debug)]
 pub(crate) struct Counts {
-    by_status: [u64; 7],
-    total: u64,
-    dur_sum: f64,
-    dur_count: u64,
+    pub(super) by_status: [u64; 7],
+    pub(super) total: u64,
+    pub(super) dur_sum: f64,
+    pub(super) dur_count: u64,
     dur_min: f64,
     dur_max: f64,
-    hist: Box<[u64; BUCKETS]>,
+    pub(super) hist: Box<[u64; BUCKETS]>,
 }
 
 impl Default for Counts {
@@ -228,6 +228,20 @@ impl Metrics {
     pub(crate) fn duration(&mut self, name_id: usize, seconds: f64) {
         self.all.duration(seconds);
         self.group(name_id).duration(seconds);
+    }
+
+    /// Copies of the per-name groups that have seen a task, sorted by name (for the
+    /// Prometheus text, rendered outside the store lock).
+    pub(crate) fn groups(&self, names: &[Arc<str>]) -> Vec<(Arc<str>, Counts)> {
+        let mut groups: Vec<(Arc<str>, Counts)> = self
+            .by_name
+            .iter()
+            .zip(names)
+            .filter(|(c, _)| c.total > 0)
+            .map(|(c, name)| (Arc::clone(name), c.clone()))
+            .collect();
+        groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        groups
     }
 
     /// Summaries of everything; `names[i]` is the name of group `i`.

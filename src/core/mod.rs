@@ -4,6 +4,7 @@ pub(crate) mod error;
 pub(crate) mod index;
 pub(crate) mod json;
 pub(crate) mod metrics;
+pub(crate) mod prometheus;
 pub(crate) mod record;
 pub(crate) mod ring;
 pub(crate) mod snapshot;

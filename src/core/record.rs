@@ -33,7 +33,6 @@ pub(crate) enum Status {
 }
 
 impl Status {
-    #[cfg(test)]
     pub(crate) const ALL: [Status; 7] = [
         Status::Pending,
         Status::Running,
@@ -206,6 +205,8 @@ pub(crate) struct Record {
     pub(crate) info: Arc<TaskInfo>,
     pub(crate) progress: Progress,
     pub(crate) logs: VecDeque<Arc<str>>,
+    /// Log lines dropped by the per-record bound (the oldest go first).
+    pub(crate) logs_dropped: u64,
     /// Bumped on every change; a flush clears the dirty mark only if it is unchanged.
     pub(crate) rev: u64,
 }
@@ -219,6 +220,17 @@ impl Record {
     pub(crate) fn write_json(&self, buf: &mut Vec<u8>, task_id: &str) {
         write_task_json(buf, task_id, &self.info, &self.progress, Some(&self.logs));
     }
+}
+
+/// The detail JSON: a record's 16-key object (`json`) followed by `"logs_dropped"`.
+pub(crate) fn detail_json(json: &[u8], logs_dropped: u64) -> Vec<u8> {
+    let body = json.strip_suffix(b"}").unwrap_or(json);
+    let mut out = Vec::with_capacity(body.len() + 24);
+    out.extend_from_slice(body);
+    out.extend_from_slice(b",\"logs_dropped\":");
+    out.extend_from_slice(itoa::Buffer::new().format(logs_dropped).as_bytes());
+    out.push(b'}');
+    out
 }
 
 /// Appends a task's JSON object: the 16 keys of `_core.pyi` in order, or the 15 without
@@ -332,6 +344,7 @@ pub(crate) mod tests {
                 stacktrace: Some("Trace\n  line".into()),
             },
             logs: VecDeque::from(vec![Arc::from("a"), Arc::from("b\"c")]),
+            logs_dropped: 0,
             rev: 0,
         }
     }

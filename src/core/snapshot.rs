@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rusqlite::types::{Value, ValueRef};
@@ -28,20 +28,48 @@ idempotency_key TEXT, args_json BLOB, kwargs_json BLOB);
 CREATE INDEX task_history_created ON task_history(created_us, task_id);
 CREATE INDEX task_history_status ON task_history(status, created_us, task_id);
 CREATE INDEX task_history_name ON task_history(func_name, created_us, task_id);
+", "\
+CREATE TABLE task_tags (task_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, \
+created_us INTEGER NOT NULL, PRIMARY KEY (key, value, created_us, task_id)) WITHOUT ROWID;
+INSERT OR IGNORE INTO task_tags (task_id, key, value, created_us) \
+SELECT h.task_id, j.key, j.value, h.created_us FROM task_history AS h, \
+json_each(CASE WHEN json_valid(h.tags_json) AND json_type(h.tags_json) = 'object' THEN h.tags_json ELSE '{}' END) AS j \
+WHERE j.type = 'text';
+ALTER TABLE task_history ADD COLUMN logs_dropped INTEGER NOT NULL DEFAULT 0;
 "];
 
 const COLUMNS: &str = "task_id, func_name, status, created_us, start_us, end_us, retries_used, error, \
-stacktrace, logs_json, tags_json, source, priority, executor, queue, idempotency_key, args_json, kwargs_json";
+stacktrace, logs_json, tags_json, source, priority, executor, queue, idempotency_key, args_json, kwargs_json, \
+logs_dropped";
 
 const UPSERT: &str = "INSERT INTO task_history(task_id, func_name, status, created_us, start_us, end_us, \
 retries_used, error, stacktrace, logs_json, tags_json, source, priority, executor, queue, idempotency_key, \
-args_json, kwargs_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
+args_json, kwargs_json, logs_dropped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+?19) \
 ON CONFLICT(task_id) DO UPDATE SET func_name = excluded.func_name, status = excluded.status, \
 created_us = excluded.created_us, start_us = excluded.start_us, end_us = excluded.end_us, \
 retries_used = excluded.retries_used, error = excluded.error, stacktrace = excluded.stacktrace, \
 logs_json = excluded.logs_json, tags_json = excluded.tags_json, source = excluded.source, \
 priority = excluded.priority, executor = excluded.executor, queue = excluded.queue, \
-idempotency_key = excluded.idempotency_key, args_json = excluded.args_json, kwargs_json = excluded.kwargs_json";
+idempotency_key = excluded.idempotency_key, args_json = excluded.args_json, kwargs_json = excluded.kwargs_json, \
+logs_dropped = excluded.logs_dropped";
+
+/// Tags never change after a record is created, so a re-flushed record re-inserts the same
+/// rows: ignoring duplicates replaces the delete (which, keyed by tag, would scan the table).
+const INSERT_TAG: &str =
+    "INSERT OR IGNORE INTO task_tags (task_id, key, value, created_us) VALUES (?1, ?2, ?3, ?4)";
+
+/// [`COLUMNS`] qualified with the history table's alias `h`, for joins.
+fn h_columns() -> &'static str {
+    static COLS: OnceLock<String> = OnceLock::new();
+    COLS.get_or_init(|| {
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("h.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
 
 /// Page cache per connection, in KiB (a negative `cache_size`): SQLite's default 2 MiB
 /// spills a large flush to the WAL and reads it back. The cache only grows as it is used.
@@ -72,6 +100,8 @@ pub(crate) struct PageQuery<'a> {
     pub(crate) before: Option<(i64, &'a str)>,
     pub(crate) status: Option<Status>,
     pub(crate) func_name: Option<&'a str>,
+    /// Only records carrying this `(key, value)` tag.
+    pub(crate) tag: Option<(&'a str, &'a str)>,
     pub(crate) limit: usize,
 }
 
@@ -310,6 +340,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<DiskRecord>
             stacktrace: text(row.get_ref(8)?).map(Arc::from),
         },
         logs,
+        logs_dropped: int(row.get_ref(18)?).map_or(0, |n| u64::try_from(n).unwrap_or(0)),
         rev: 0,
     };
     Ok(Some(DiskRecord {
@@ -412,6 +443,7 @@ impl Snapshot {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 let mut stmt = tx.prepare_cached(UPSERT)?;
+                let mut tag_stmt = tx.prepare_cached(INSERT_TAG)?;
                 // In key order of the three time-leading indexes, each insert lands at (or
                 // near) their right edge, where SQLite skips the descent from the root, and the
                 // pages it touches stay hot; only the primary key is random.
@@ -446,7 +478,16 @@ impl Snapshot {
                         i.idempotency_key.as_deref(),
                         i.args_json.as_deref(),
                         i.kwargs_json.as_deref(),
+                        i64::try_from(r.logs_dropped).unwrap_or(i64::MAX),
                     ])?;
+                    for (key, value) in i.tags.as_deref().unwrap_or_default() {
+                        tag_stmt.execute(params![
+                            id_text.as_str(),
+                            &**key,
+                            &**value,
+                            i.created_us
+                        ])?;
+                    }
                 }
             }
             tx.commit()
@@ -470,27 +511,48 @@ impl Snapshot {
 
     /// Up to `q.limit` stored records below `q.before`, newest first (empty once closed).
     pub(crate) fn page(&self, q: &PageQuery<'_>) -> CoreResult<Vec<DiskRecord>> {
-        let mut sql = format!("SELECT {COLUMNS} FROM task_history");
-        let mut args: Vec<Value> = Vec::with_capacity(5);
-        let mut conds: Vec<&str> = Vec::with_capacity(3);
+        let mut args: Vec<Value> = Vec::with_capacity(7);
+        let mut conds: Vec<&str> = Vec::with_capacity(5);
+        // With a tag, the walk goes down the tag table's key (same order, same cursor) and
+        // joins each hit to its history row.
+        let (mut sql, order) = match q.tag {
+            Some((key, value)) => {
+                conds.push("t.key = ?");
+                conds.push("t.value = ?");
+                args.push(Value::Text(key.to_owned()));
+                args.push(Value::Text(value.to_owned()));
+                (
+                    format!("SELECT {} FROM task_tags AS t JOIN task_history AS h ON h.task_id = t.task_id", h_columns()),
+                    " ORDER BY t.created_us DESC, t.task_id DESC LIMIT ?",
+                )
+            }
+            None => (
+                format!("SELECT {} FROM task_history AS h", h_columns()),
+                " ORDER BY h.created_us DESC, h.task_id DESC LIMIT ?",
+            ),
+        };
         if let Some((created_us, task_id)) = q.before {
-            conds.push("(created_us, task_id) < (?, ?)");
+            conds.push(if q.tag.is_some() {
+                "(t.created_us, t.task_id) < (?, ?)"
+            } else {
+                "(h.created_us, h.task_id) < (?, ?)"
+            });
             args.push(Value::Integer(created_us));
             args.push(Value::Text(task_id.to_owned()));
         }
         if let Some(status) = q.status {
-            conds.push("status = ?");
+            conds.push("h.status = ?");
             args.push(Value::Text(status.as_str().to_owned()));
         }
         if let Some(name) = q.func_name {
-            conds.push("func_name = ?");
+            conds.push("h.func_name = ?");
             args.push(Value::Text(name.to_owned()));
         }
         if !conds.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conds.join(" AND "));
         }
-        sql.push_str(" ORDER BY created_us DESC, task_id DESC LIMIT ?");
+        sql.push_str(order);
         args.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
         self.with_reader("read", |conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
@@ -535,7 +597,7 @@ mod tests {
         let (_d, path) = tmp();
         let s = Snapshot::open(&path).expect("open");
         let conn = Connection::open(&path).expect("conn");
-        assert_eq!(schema_version(&conn).expect("version"), Some(1));
+        assert_eq!(schema_version(&conn).expect("version"), Some(2));
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .expect("mode");

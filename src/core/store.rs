@@ -13,9 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::error::{CoreError, CoreResult};
 use super::index::{Key, KeyIndex};
 use super::metrics::{Metrics, MetricsSnapshot};
+use super::prometheus;
 use super::record::{
-    duration_seconds, new_uuid4, parse_uuid, unknown_status_message, Progress, Record, Status,
-    Tags, TaskInfo, UuidText,
+    detail_json, duration_seconds, new_uuid4, parse_uuid, unknown_status_message, Progress, Record,
+    Status, Tags, TaskInfo, UuidText,
 };
 use super::ring::{Event, EventRing, Slot};
 use super::snapshot::{DiskRecord, PageQuery, Snapshot};
@@ -202,6 +203,8 @@ struct State {
     /// Finished records changed since they were last written.
     dirty: HashSet<u128, IdBuild>,
     metrics: Metrics,
+    /// Pending records in memory per queue name (the queue-depth gauge), kept per event.
+    queue_pending: HashMap<Arc<str>, u64, NameBuild>,
     ring: EventRing<Event>,
     /// Whether finished records must reach the file before they may leave memory.
     persist: bool,
@@ -266,6 +269,7 @@ impl State {
         &self,
         status: Option<Status>,
         name_id: Option<usize>,
+        tag: Option<(&str, &str)>,
         before: Option<(i64, &str)>,
         limit: usize,
     ) -> Vec<Key> {
@@ -297,6 +301,7 @@ impl State {
             };
             if status.is_some_and(|s| entry.record.status() != s)
                 || name_id.is_some_and(|n| entry.name_id != n)
+                || tag.is_some_and(|t| !has_tag(entry.record.info.tags.as_ref(), t))
             {
                 continue;
             }
@@ -381,8 +386,21 @@ impl Page {
 pub(crate) struct PageRequest<'a> {
     pub(crate) status: Option<&'a str>,
     pub(crate) func_name: Option<&'a str>,
+    /// `"key=value"`: only records carrying that tag.
+    pub(crate) tag: Option<&'a str>,
     pub(crate) limit: i64,
     pub(crate) cursor: Option<&'a str>,
+}
+
+/// Splits a `"key=value"` tag filter at its first `=`.
+pub(crate) fn parse_tag(tag: &str) -> CoreResult<(&str, &str)> {
+    tag.split_once('=')
+        .ok_or_else(|| CoreError::InvalidInput(format!("tag must be \"key=value\", got {tag:?}")))
+}
+
+/// Whether a record's tags hold `key` with exactly `value`.
+fn has_tag(tags: Option<&Tags>, (key, value): (&str, &str)) -> bool {
+    tags.is_some_and(|t| t.iter().any(|(k, v)| &**k == key && &**v == value))
 }
 
 /// Thread-safe task store; see `_core.pyi` for the behaviour of each method.
@@ -419,6 +437,7 @@ impl TaskStore {
             finished: KeyIndex::default(),
             dirty: HashSet::default(),
             metrics: Metrics::default(),
+            queue_pending: HashMap::default(),
             ring: EventRing::new(ring_capacity),
             persist: snapshot.is_some(),
             max_history,
@@ -509,6 +528,7 @@ impl TaskStore {
         }
         st.by_name[name_id].insert(key);
         st.metrics.created(name_id, Status::Pending);
+        *st.queue_pending.entry(Arc::clone(&info.queue)).or_insert(0) += 1;
         let progress = Progress::new();
         st.ring.push(Event::Task {
             created: true,
@@ -520,6 +540,7 @@ impl TaskStore {
             info,
             progress,
             logs: VecDeque::new(),
+            logs_dropped: 0,
             rev: 0,
         };
         st.records.insert(
@@ -603,6 +624,14 @@ impl TaskStore {
             st.by_status[from.index()].remove(&key);
             st.by_status[to.index()].insert(key);
             st.metrics.moved(name_id, from, to);
+            if from == Status::Pending || to == Status::Pending {
+                let depth = st.queue_pending.entry(Arc::clone(&info.queue)).or_insert(0);
+                *depth = if to == Status::Pending {
+                    *depth + 1
+                } else {
+                    depth.saturating_sub(1)
+                };
+            }
         }
         if finished {
             if let Some(d) = duration {
@@ -632,6 +661,7 @@ impl TaskStore {
         let record = &mut entry.record;
         while record.logs.len() >= st.max_log_lines {
             record.logs.pop_front();
+            record.logs_dropped += 1;
         }
         record.logs.push_back(Arc::clone(&line));
         record.rev += 1;
@@ -665,21 +695,26 @@ impl TaskStore {
         }
     }
 
-    /// The in-memory record's JSON object.
-    pub(crate) fn get_json_memory(&self, task_id: &str) -> Option<Arc<[u8]>> {
+    /// The in-memory record's detail JSON (the 16 keys and `logs_dropped`).
+    pub(crate) fn get_json_memory(&self, task_id: &str) -> Option<Vec<u8>> {
         let id = parse_uuid(task_id)?;
-        Some(self.lock().records.get_mut(&id)?.json(id))
+        let (json, dropped) = {
+            let mut st = self.lock();
+            let entry = st.records.get_mut(&id)?;
+            (entry.json(id), entry.record.logs_dropped)
+        };
+        Some(detail_json(&json, dropped))
     }
 
     /// The record's JSON object, from memory, else from the file.
-    pub(crate) fn get_json(&self, task_id: &str) -> CoreResult<Option<Arc<[u8]>>> {
+    pub(crate) fn get_json(&self, task_id: &str) -> CoreResult<Option<Vec<u8>>> {
         if let Some(json) = self.get_json_memory(task_id) {
             return Ok(Some(json));
         }
         Ok(self.get_disk(task_id)?.map(|r| {
             let mut buf = Vec::with_capacity(512);
             r.write_json(&mut buf, task_id);
-            Arc::from(buf)
+            detail_json(&buf, r.logs_dropped)
         }))
     }
 
@@ -702,6 +737,9 @@ impl TaskStore {
         let want = limit.saturating_add(1);
         let cursor = req.cursor.map(Cursor::parse).transpose()?;
         let before = cursor.as_ref().map(|c| (c.created_us, c.task_id.as_str()));
+        // No tag index in memory: the filter walks the candidate index, bounded by the
+        // records memory holds (max_history plus live tasks).
+        let tag = req.tag.map(parse_tag).transpose()?;
 
         // Memory first: a record evicted after this point is then found on disk.
         let mut mem: Vec<(Key, Arc<[u8]>)> = Vec::new();
@@ -713,7 +751,7 @@ impl TaskStore {
                 None => None,
             };
             if req.func_name.is_none() || name_id.is_some() {
-                for key in st.page_keys(status, name_id, before, want) {
+                for key in st.page_keys(status, name_id, tag, before, want) {
                     if let Some(entry) = st.records.get_mut(&key.1) {
                         mem.push((key, entry.json(key.1)));
                     }
@@ -725,6 +763,7 @@ impl TaskStore {
                 before,
                 status,
                 func_name: req.func_name,
+                tag,
                 limit: want,
             })?,
             None => Vec::new(),
@@ -798,6 +837,21 @@ impl TaskStore {
     pub(crate) fn metrics(&self) -> MetricsSnapshot {
         let st = self.lock();
         st.metrics.snapshot(&st.names.names)
+    }
+
+    /// OpenMetrics text of the same aggregates plus the pending depth per queue.
+    pub(crate) fn metrics_prometheus(&self) -> Vec<u8> {
+        let (groups, mut queues) = {
+            let st = self.lock();
+            let queues: Vec<(Arc<str>, u64)> = st
+                .queue_pending
+                .iter()
+                .map(|(q, &n)| (Arc::clone(q), n))
+                .collect();
+            (st.metrics.groups(&st.names.names), queues)
+        };
+        queues.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        prometheus::render(&groups, &queues)
     }
 
     #[cfg(test)]
@@ -1209,6 +1263,7 @@ mod tests {
                 func_name: Some("even"),
                 limit: 100,
                 cursor: None,
+                tag: None,
             })
             .expect("page");
         let v = json(&page);
@@ -1327,6 +1382,54 @@ mod tests {
         assert_eq!(json(&page)[0]["logs"][0], "x");
         let again = s.get_json(&id).expect("g").expect("f");
         assert_eq!(json(&again)["logs"][0], "x");
+    }
+
+    #[test]
+    fn dropped_log_lines_are_counted() {
+        let s = TaskStore::open(
+            None,
+            StoreConfig {
+                max_log_lines: 2,
+                ..StoreConfig::default()
+            },
+        )
+        .expect("open");
+        let (id, _) = s.create(NewTask::named("f"));
+        let id = text(id);
+        for line in ["a", "b", "c", "d"] {
+            s.append_log(&id, line).expect("log");
+        }
+        let v = json(&s.get_json(&id).expect("get").expect("found"));
+        assert_eq!(v["logs_dropped"], 2);
+        assert_eq!(v.as_object().map(|o| o.len()), Some(17));
+        let (page, _) = s
+            .page_json(&PageRequest {
+                limit: 5,
+                ..Default::default()
+            })
+            .expect("page");
+        assert!(json(&page)[0].get("logs_dropped").is_none());
+    }
+
+    #[test]
+    fn tag_filter() {
+        assert_eq!(parse_tag("team=a=b").expect("tag"), ("team", "a=b"));
+        assert!(parse_tag("team").is_err());
+        let s = store(100);
+        let mut t = NewTask::named("job");
+        t.tags = Some(Arc::from(vec![("env".into(), "prod".into())]));
+        let (prod, _) = s.create(t);
+        s.create(NewTask::named("job"));
+        let req = PageRequest {
+            tag: Some("env=prod"),
+            limit: 10,
+            ..PageRequest::default()
+        };
+        let (body, next) = s.page_json(&req).expect("page");
+        let v = json(&body);
+        assert_eq!(v.as_array().map(Vec::len), Some(1));
+        assert_eq!(v[0]["task_id"], text(prod));
+        assert_eq!(next, None);
     }
 
     #[test]

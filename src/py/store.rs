@@ -61,6 +61,7 @@ fn record_dict<'py>(py: Python<'py>, task_id: &str, r: &Record) -> PyResult<Boun
     let bytes = |b: &Option<Arc<[u8]>>| b.as_deref().map(|b| PyBytes::new(py, b));
     d.set_item(intern!(py, "args_json"), bytes(&i.args_json))?;
     d.set_item(intern!(py, "kwargs_json"), bytes(&i.kwargs_json))?;
+    d.set_item(intern!(py, "logs_dropped"), r.logs_dropped)?;
     Ok(d)
 }
 
@@ -191,7 +192,7 @@ impl TaskStore {
     }
 
     /// One page of records as a JSON array, newest first, and the next cursor.
-    #[pyo3(signature = (*, status=None, func_name=None, limit=100, cursor=None))]
+    #[pyo3(signature = (*, status=None, func_name=None, limit=100, cursor=None, tag=None))]
     fn page_json<'py>(
         &self,
         py: Python<'py>,
@@ -199,10 +200,12 @@ impl TaskStore {
         func_name: Option<&str>,
         limit: i64,
         cursor: Option<&str>,
+        tag: Option<&str>,
     ) -> PyResult<(Bound<'py, PyBytes>, Option<String>)> {
         let req = PageRequest {
             status,
             func_name,
+            tag,
             limit,
             cursor,
         };
@@ -222,6 +225,11 @@ impl TaskStore {
     fn metrics_json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         let snapshot = self.inner.metrics();
         PyBytes::new(py, &snapshot.to_json())
+    }
+
+    /// The same aggregates as OpenMetrics 1.0 text, plus the pending depth per queue.
+    fn metrics_prometheus<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.metrics_prometheus())
     }
 
     /// Events with a sequence number above ``after``, oldest first, at most ``limit``, and

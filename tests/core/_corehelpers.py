@@ -35,7 +35,9 @@ RECORD_KEYS = [
     "executor",
     "queue",
 ]
-GET_KEYS = [*RECORD_KEYS, "idempotency_key", "args_json", "kwargs_json"]
+#: get_json(): the 16 keys, then the count of log lines dropped by the per-record bound.
+DETAIL_KEYS = [*RECORD_KEYS, "logs_dropped"]
+GET_KEYS = [*RECORD_KEYS, "idempotency_key", "args_json", "kwargs_json", "logs_dropped"]
 EVENT_TASK_KEYS = [k for k in RECORD_KEYS if k != "logs"]
 COUNT_KEYS = ["total", "pending", "running", "success", "failed", "interrupted", "cancelled", "rejected"]
 AGG_KEYS = [*COUNT_KEYS, "success_rate", "avg_duration_seconds", "p50_seconds", "p95_seconds", "p99_seconds"]
@@ -55,6 +57,11 @@ def load_core(name: str) -> ModuleType | None:
             return importlib.import_module(MODULES[name])
         except ImportError:
             return None
+
+
+def listed_form(detail: dict[str, Any]) -> dict[str, Any]:
+    """A get_json() object as list pages carry it (without ``logs_dropped``)."""
+    return {k: v for k, v in detail.items() if k != "logs_dropped"}
 
 
 def loads(data: bytes) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _corehelpers import StoreFactory, loads
+from _corehelpers import StoreFactory, drive, loads
 
 
 def test_lines_are_kept_in_order(make_store: StoreFactory) -> None:
@@ -54,3 +54,25 @@ def test_unknown_id_raises_key_error(make_store: StoreFactory) -> None:
     store = make_store()
     with pytest.raises(KeyError):
         store.append_log("no-such-id", "x")
+
+
+def test_logs_dropped_is_counted_served_and_persisted(make_store: StoreFactory, db_path: str) -> None:
+    store = make_store(db_path, max_log_lines=3, max_history=1)
+    task_id, _ = store.create("job")
+    for i in range(5):
+        store.append_log(task_id, f"line {i}")
+    detail = loads(store.get_json(task_id))
+    assert list(detail)[-1] == "logs_dropped"
+    assert detail["logs_dropped"] == 2 and detail["logs"] == ["line 2", "line 3", "line 4"]
+    assert store.get(task_id)["logs_dropped"] == 2
+    page, _ = store.page_json()
+    assert len(loads(page)[0]) == 16  # list pages keep exactly the 16 keys
+    drive(store, task_id, "success")
+    store.append_log(task_id, "late")
+    other, _ = store.create("other")
+    drive(store, other, "success")
+    assert store.flush() == 2
+    assert store.memory_len() == 1  # task_id was evicted: read back from disk
+    assert loads(store.get_json(task_id))["logs_dropped"] == 3
+    assert store.get(task_id)["logs_dropped"] == 3
+    assert loads(store.get_json(other))["logs_dropped"] == 0

@@ -7,7 +7,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from _corehelpers import GET_KEYS, RECORD_KEYS, STATUSES, StoreFactory, insert_rows, iso_to_us, loads
+from _corehelpers import DETAIL_KEYS, GET_KEYS, STATUSES, StoreFactory, insert_rows, iso_to_us, loads
 
 
 def test_module_exports(core: ModuleType) -> None:
@@ -29,7 +29,8 @@ def test_new_record_is_pending_with_defaults(make_store: StoreFactory) -> None:
     assert str(uuid.UUID(task_id)) == task_id
     assert uuid.UUID(task_id).version == 4
     record = loads(store.get_json(task_id))
-    assert list(record) == RECORD_KEYS
+    assert list(record) == DETAIL_KEYS
+    assert record["logs_dropped"] == 0
     assert record["task_id"] == task_id
     assert record["func_name"] == "send_email"
     assert record["status"] == "pending"
@@ -77,7 +78,7 @@ def test_create_stores_every_option(make_store: StoreFactory) -> None:
     assert record["args_json"] == b"[1,2]"
     assert record["kwargs_json"] == b'{"a":1}'
     as_json = loads(store.get_json(task_id))
-    assert {k: v for k, v in record.items() if k in RECORD_KEYS} == as_json
+    assert {k: v for k, v in record.items() if k in DETAIL_KEYS} == as_json
 
 
 def test_tags_are_copied(make_store: StoreFactory) -> None:

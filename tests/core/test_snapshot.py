@@ -32,9 +32,10 @@ def test_schema_and_wal(make_store: StoreFactory, db_path: str) -> None:
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
         columns = [row[1] for row in conn.execute("PRAGMA table_info(task_history)")]
-        assert columns[:3] == ["task_id", "func_name", "status"] and len(columns) == 18
+        assert columns[:3] == ["task_id", "func_name", "status"] and len(columns) == 19
+        assert columns[-1] == "logs_dropped"
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"task_history_created", "task_history_status", "task_history_name"} <= indexes
     finally:

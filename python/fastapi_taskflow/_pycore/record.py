@@ -17,7 +17,7 @@ Key = tuple[int, str]
 #: Columns of ``task_history`` in the order of ``Record.to_row`` (see ``snapshot.py``).
 Row = tuple[
     str, str, str, int, int | None, int | None, int, str | None, str | None, str, str, str,
-    int | None, str | None, str, str | None, bytes | None, bytes | None,
+    int | None, str | None, str, str | None, bytes | None, bytes | None, int,
 ]  # fmt: skip
 
 
@@ -27,6 +27,10 @@ def _iso(us: int | None) -> str | None:
 
 def _duration(start_us: int | None, end_us: int | None) -> float | None:
     return None if start_us is None or end_us is None else (end_us - start_us) / 1e6
+
+
+#: ``(record, logs, tags, logs_dropped)`` as copied under the store's lock for ``Record.to_row``.
+RowParts = tuple["Record", tuple[str, ...], "dict[str, str] | None", int]
 
 
 class Record:
@@ -45,6 +49,7 @@ class Record:
         "key",
         "kwargs_json",
         "logs",
+        "logs_dropped",
         "priority",
         "queue",
         "retries_used",
@@ -87,6 +92,8 @@ class Record:
         self.error: str | None = None
         self.stacktrace: str | None = None
         self.logs = None
+        #: Log lines dropped by the per-record bound (the oldest go first).
+        self.logs_dropped = 0
         self.tags = tags
         self.source = source
         self.priority = priority
@@ -127,20 +134,25 @@ class Record:
             data = self.cache = dumps(self.to_obj(copy=False))
         return data
 
+    def detail_json(self) -> bytes:
+        """The detail JSON: the 16-key object followed by ``"logs_dropped"``."""
+        return self.to_json()[:-1] + b',"logs_dropped":' + str(self.logs_dropped).encode() + b"}"
+
     def to_dict(self) -> dict[str, object]:
         obj = self.to_obj()
         obj["idempotency_key"] = self.idempotency_key
         obj["args_json"] = self.args_json
         obj["kwargs_json"] = self.kwargs_json
+        obj["logs_dropped"] = self.logs_dropped
         return obj
 
-    def row_parts(self) -> tuple[Record, tuple[str, ...], dict[str, str] | None]:
+    def row_parts(self) -> RowParts:
         """What ``to_row`` needs, copied while the store's lock is held (logs keep changing)."""
-        return self, () if self.logs is None else tuple(self.logs), self.tags
+        return self, () if self.logs is None else tuple(self.logs), self.tags, self.logs_dropped
 
     @staticmethod
-    def to_row(parts: tuple[Record, tuple[str, ...], dict[str, str] | None]) -> Row:
-        r, logs, tags = parts
+    def to_row(parts: RowParts) -> Row:
+        r, logs, tags, logs_dropped = parts
         return (
             r.task_id,
             r.func_name,
@@ -160,6 +172,7 @@ class Record:
             r.idempotency_key,
             r.args_json,
             r.kwargs_json,
+            logs_dropped,
         )
 
     @classmethod
@@ -174,6 +187,7 @@ class Record:
         logs = loads(row[9])
         rec.logs = deque(logs) if logs else None
         rec.tags = loads(row[10]) or None
+        rec.logs_dropped = row[18]
         return rec
 
 

@@ -35,6 +35,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX task_history_status ON task_history(status, created_us, task_id)",
         "CREATE INDEX task_history_name ON task_history(func_name, created_us, task_id)",
     ),
+    (
+        "CREATE TABLE task_tags (task_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+        " created_us INTEGER NOT NULL, PRIMARY KEY (key, value, created_us, task_id)) WITHOUT ROWID",
+        "INSERT OR IGNORE INTO task_tags (task_id, key, value, created_us)"
+        " SELECT h.task_id, j.key, j.value, h.created_us FROM task_history AS h,"
+        " json_each(CASE WHEN json_valid(h.tags_json) AND json_type(h.tags_json) = 'object'"
+        " THEN h.tags_json ELSE '{}' END) AS j"
+        " WHERE j.type = 'text'",
+        "ALTER TABLE task_history ADD COLUMN logs_dropped INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
@@ -57,8 +67,14 @@ COLUMNS: Final[tuple[str, ...]] = (
     "idempotency_key",
     "args_json",
     "kwargs_json",
+    "logs_dropped",
 )
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM task_history"
+_H_COLUMNS = ", ".join(f"h.{c}" for c in COLUMNS)
+#: Tags never change after a record is created, so a re-flushed record re-inserts the same rows:
+#: ignoring duplicates replaces the delete (which, keyed by tag, would scan the table). Twin of
+#: ``INSERT_TAG`` in ``snapshot.rs``.
+_INSERT_TAG = "INSERT OR IGNORE INTO task_tags (task_id, key, value, created_us) VALUES (?, ?, ?, ?)"
 _UPSERT = (
     f"INSERT INTO task_history ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     f" ON CONFLICT(task_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
@@ -148,12 +164,16 @@ class SnapshotDb:
     def closed(self) -> bool:
         return self._conn is None
 
-    def write_locked(self, rows: Iterable[Row]) -> None:
-        """Upsert ``rows`` in one transaction. The caller holds ``lock``."""
+    def write_locked(self, rows: Iterable[Row], tags: Iterable[tuple[str, str, str, int]] = ()) -> None:
+        """Upsert ``rows`` and insert their ``(task_id, key, value, created_us)`` tags in one transaction.
+
+        The caller holds ``lock``.
+        """
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_UPSERT, rows)
+            conn.executemany(_INSERT_TAG, tags)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -171,23 +191,40 @@ class SnapshotDb:
             except sqlite3.Error as exc:
                 raise SnapshotError(f"{self.path}: cannot read task history ({exc})") from exc
 
-    def page(self, before: Key | None, status: str | None, func_name: str | None, limit: int) -> list[Row]:
+    def page(
+        self,
+        before: Key | None,
+        status: str | None,
+        func_name: str | None,
+        limit: int,
+        tag: tuple[str, str] | None = None,
+    ) -> list[Row]:
         """Up to ``limit`` rows with a key below ``before``, newest first."""
         where: list[str] = []
         params: list[object] = []
+        if tag is not None:
+            # The walk goes down the tag table's key (same order, same cursor), joined to history.
+            sql = f"SELECT {_H_COLUMNS} FROM task_tags AS t JOIN task_history AS h ON h.task_id = t.task_id"
+            order = " ORDER BY t.created_us DESC, t.task_id DESC LIMIT ?"
+            where += ["t.key = ?", "t.value = ?"]
+            params += tag
+            key_columns = "(t.created_us, t.task_id)"
+        else:
+            sql = f"SELECT {_H_COLUMNS} FROM task_history AS h"
+            order = " ORDER BY h.created_us DESC, h.task_id DESC LIMIT ?"
+            key_columns = "(h.created_us, h.task_id)"
         if before is not None:
-            where.append("(created_us, task_id) < (?, ?)")
+            where.append(f"{key_columns} < (?, ?)")
             params += before
         if status is not None:
-            where.append("status = ?")
+            where.append("h.status = ?")
             params.append(status)
         if func_name is not None:
-            where.append("func_name = ?")
+            where.append("h.func_name = ?")
             params.append(func_name)
-        sql = _SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_us DESC, task_id DESC LIMIT ?"
+        sql += order
         params.append(limit)
         return self._read(sql, tuple(params))
 

@@ -16,6 +16,7 @@ from .ids import new_task_id
 from .index import FinishedQueue, KeyIndex
 from .jsonenc import dumps
 from .metrics import Metrics
+from .prometheus import render as render_prometheus
 from .record import Key, Record, Row
 from .ring import EventRing
 from .snapshot import SnapshotDb, SnapshotError
@@ -29,6 +30,14 @@ def _parse_cursor(cursor: str) -> Key:
     if not sep or not task_id or not (created.isascii() and created.isdigit()) or int(created) > _I64_MAX:
         raise ValueError(f"malformed cursor {cursor!r}: expected '<created_us>:<task_id>' from a previous page")
     return int(created), task_id
+
+
+def _parse_tag(tag: str) -> tuple[str, str]:
+    """Split a ``"key=value"`` tag filter at its first ``=``."""
+    key, sep, value = tag.partition("=")
+    if not sep:
+        raise ValueError(f'tag must be "key=value", got {tag!r}')
+    return key, value
 
 
 def _cursor(key: Key) -> str:
@@ -66,6 +75,7 @@ class TaskStore:
         "_max_log_lines",
         "_metrics",
         "_persist",
+        "_queue_pending",
         "_records",
         "_ring",
     )
@@ -90,6 +100,8 @@ class TaskStore:
         self._finished = FinishedQueue()
         self._idem: dict[str, str] = {}
         self._metrics = Metrics()
+        # Pending records in memory per queue name (the queue-depth gauge), kept per event.
+        self._queue_pending: dict[str, int] = {}
         # Ids of finished records changed since the last flush (only kept when there is a file).
         self._dirty: set[str] = set()
         self._db_path = db_path
@@ -163,6 +175,7 @@ class TaskStore:
                 kwargs_json,
             )
             rec.agg = self._metrics.created(func_name)
+            self._queue_pending[queue] = self._queue_pending.get(queue, 0) + 1
             self._records[task_id] = rec
             key = rec.key
             self._all.add(key)
@@ -201,6 +214,10 @@ class TaskStore:
                 self._retire_status(old, 1)
                 assert rec.agg is not None
                 self._metrics.moved(rec.agg, old, status)
+                if old == "pending":
+                    self._queue_pending[rec.queue] = max(0, self._queue_pending[rec.queue] - 1)
+                elif status == "pending":
+                    self._queue_pending[rec.queue] += 1
             finished = status in FINISHED_SET
             if status == "running":
                 if rec.start_us is None:
@@ -244,6 +261,8 @@ class TaskStore:
             logs = rec.logs
             if logs is None:
                 logs = rec.logs = deque(maxlen=self._max_log_lines)
+            if len(logs) == logs.maxlen:
+                rec.logs_dropped += 1
             logs.append(line)
             rec.cache = None
             if self._persist and rec.status in FINISHED_SET:
@@ -343,7 +362,10 @@ class TaskStore:
                 parts = [self._records[task_id].row_parts() for task_id in dirty]
             if parts:
                 try:
-                    db.write_locked([Record.to_row(p) for p in parts])
+                    db.write_locked(
+                        [Record.to_row(p) for p in parts],
+                        [(rec.task_id, k, v, rec.key[0]) for rec, _, tags, _ in parts if tags for k, v in tags.items()],
+                    )
                 except BaseException:
                     with self._lock:
                         self._dirty |= dirty
@@ -380,9 +402,9 @@ class TaskStore:
         with self._lock:
             rec = self._records.get(task_id)
             if rec is not None:
-                return rec.to_json()
+                return rec.detail_json()
         row = self._disk_get(task_id)
-        return None if row is None else Record.from_row(row).to_json()
+        return None if row is None else Record.from_row(row).detail_json()
 
     def _disk_get(self, task_id: str) -> Row | None:
         db = self._db
@@ -395,18 +417,20 @@ class TaskStore:
         func_name: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        tag: str | None = None,
     ) -> tuple[bytes, str | None]:
         if status is not None and status not in KNOWN:
             raise ValueError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         before = None if cursor is None else _parse_cursor(cursor)
+        tag_pair = None if tag is None else _parse_tag(tag)
         want = limit + 1  # one more than the page tells whether another page follows
         # Disk first, memory second: a record evicted in between was on disk before it left memory.
         db = self._db
-        rows = [] if db is None else db.page(before, status, func_name, want)
+        rows = [] if db is None else db.page(before, status, func_name, want, tag_pair)
         with self._lock:
-            found = self._page_from_memory(before, status, func_name, want)
+            found = self._page_from_memory(before, status, func_name, want, tag_pair)
             records = self._records
             disk = [Record.from_row(row) for row in rows if row[0] not in records]
             if disk:
@@ -416,8 +440,10 @@ class TaskStore:
         return body, (_cursor(page[-1].key) if len(found) > limit else None)
 
     def _page_from_memory(
-        self, before: Key | None, status: str | None, func_name: str | None, want: int
+        self, before: Key | None, status: str | None, func_name: str | None, want: int, tag: tuple[str, str] | None
     ) -> list[Record]:
+        # No tag index in memory: the tag filter walks the candidate index, bounded by the
+        # records memory holds (max_history plus live tasks).
         # Every entry is checked against the record: stale entries are skipped, and with two
         # filters the shorter index is walked and the other filter checked.
         index = self._all
@@ -445,6 +471,7 @@ class TaskStore:
                 rec is not None
                 and (status is None or rec.status == status)
                 and (func_name is None or rec.func_name == func_name)
+                and (tag is None or (rec.tags is not None and rec.tags.get(tag[0]) == tag[1]))
             ):
                 out.append(rec)
         return out
@@ -453,6 +480,12 @@ class TaskStore:
         with self._lock:
             obj = self._metrics.to_obj()
         return dumps(obj)
+
+    def metrics_prometheus(self) -> bytes:
+        with self._lock:
+            by_name = self._metrics.by_name
+            groups = [(name, by_name[name]) for name in sorted(by_name) if by_name[name].total]
+            return render_prometheus(groups, sorted(self._queue_pending.items()))
 
     def events_since(self, after: int, limit: int = 1_000) -> tuple[list[tuple[int, bytes]], bool]:
         if after < 0:
