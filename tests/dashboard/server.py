@@ -1,31 +1,21 @@
-"""A real uvicorn process serving ``app_template.py``, stopped with SIGTERM like in production."""
+"""The dashboard test app (``app_template.py``) served by a real uvicorn process."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from e2e.server import RunningServer, uvicorn_server
 
 APP_TEMPLATE = Path(__file__).with_name("app_template.py")
 
 
 @dataclass
-class Server:
-    url: str
-    client: httpx.Client
-    process: subprocess.Popen[bytes]
-    log: Path
-
+class Server(RunningServer):
     def enqueue(self, kind: str, value: str = "x") -> str:
         response = self.client.post(f"/enqueue/{kind}", params={"value": value})
         response.raise_for_status()
@@ -43,52 +33,9 @@ class Server:
             time.sleep(0.02)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def serve(directory: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Serve the test app from ``directory``; on exit, SIGTERM must stop it cleanly with streams open."""
+    """Serve the test app from ``directory`` until the block ends."""
     shutil.copy(APP_TEMPLATE, directory / "app.py")
-    port = _free_port()
-    log_path = directory / "uvicorn.log"
-    log = log_path.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port), "--log-level", "warning"],
-        cwd=directory,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"uvicorn exited early:\n{log_path.read_text()}")
-                try:
-                    client.get("/openapi.json")
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            yield Server(url=url, client=client, process=process, log=log_path)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            # Open dashboard streams must not keep uvicorn from stopping: it waits for open
-            # responses, so a stream that ignored the shutdown would hang here until killed.
-            returncode = process.wait(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            log.close()
-    # Uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-    assert returncode in (0, -signal.SIGTERM), log_path.read_text()
+    with uvicorn_server(directory, env=env) as running:
+        yield Server(url=running.url, client=running.client, process=running.process, log=running.log)

@@ -51,7 +51,8 @@ def app_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.e2e
 def test_quickstart_under_uvicorn_survives_a_restart(app_dir: Path) -> None:
-    with uvicorn_server(app_dir) as client:
+    with uvicorn_server(app_dir) as server:
+        client = server.client
         response = client.post("/signup", params={"email": "ada@example.com"})
         assert response.status_code == 200
         signup_id = response.json()["task_id"]
@@ -78,7 +79,8 @@ def test_quickstart_under_uvicorn_survives_a_restart(app_dir: Path) -> None:
 
     assert (app_dir / "tasks.db").exists()
 
-    with uvicorn_server(app_dir) as client:
+    with uvicorn_server(app_dir) as server:
+        client = server.client
         assert client.get(f"/tasks/{signup_id}").json()["status"] == "success"
         restored = client.get(f"/tasks/{flaky_id}").json()
         assert restored["retries_used"] == 2
