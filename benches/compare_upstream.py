@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -32,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+
+from machine import commit, describe
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -444,27 +445,6 @@ def render_table(results: Results, sizes: tuple[int, ...]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()} on {platform.system()}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 METHOD = """\
 Method. Every variant runs the same script, `benches/upstream/workload.py`, each scenario in a
 process of its own; where a scenario has rounds, the variants alternate between rounds and the
@@ -511,7 +491,7 @@ def render(results: Results, scale: Scale, elapsed_s: float, quick: bool) -> str
     fastapi = next(iter(results.meta.values()), {}).get("fastapi", "?")
     blocks = [
         f"## fastapi-taskflow-rs vs fastapi-taskflow 0.12.1 ({datetime.date.today().isoformat()}, {commit()})",
-        f"Machine: {machine()}. Packages: {', '.join(packages)}; FastAPI {fastapi} in both venvs. "
+        f"Machine: {describe()}. Packages: {', '.join(packages)}; FastAPI {fastapi} in both venvs. "
         f"The run took {elapsed_s / 60:.1f} min{' (--quick: smaller sizes than stated)' if quick else ''}.",
         render_table(results, scale.read_sizes),
         METHOD.format(**scale.__dict__).replace("\n", " ").strip(),
@@ -554,7 +534,7 @@ def chart(results: Results, scale: Scale, path: Path) -> bool:
     ax.set_xlim(right=max(rs + py) * 10)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("times better than fastapi-taskflow 0.12.1 (log scale; memory: times smaller)")
-    ax.set_title(f"fastapi-taskflow-rs vs fastapi-taskflow 0.12.1 ({machine()})", fontsize=9)
+    ax.set_title(f"fastapi-taskflow-rs vs fastapi-taskflow 0.12.1 ({describe()})", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

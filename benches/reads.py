@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from timing import latency_us, latency_us_async
+from upstream.asgi import asgi_get
 
 if TYPE_CHECKING:
     from fastapi_taskflow import TaskManager
@@ -37,40 +37,6 @@ def fill(core: TaskStore, n: int) -> float:
         else:
             core.transition(task_id, "success")
     return (perf_counter_ns() - start) / n / 1_000
-
-
-def asgi_get(app: Any, path: str, query: bytes) -> Callable[[], Awaitable[int]]:
-    """A coroutine function sending one GET to ``app`` and returning the status code."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": [(b"host", b"bench")],
-        "client": ("127.0.0.1", 50_000),
-        "server": ("bench", 80),
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def get() -> int:
-        status = 0
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        await app(dict(scope), receive, send)
-        return status
-
-    return get
 
 
 async def _latencies(manager: TaskManager, prefix: str, *, budget_s: float) -> dict[str, float]:

@@ -10,13 +10,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from compare import Results, render
+from machine import commit, describe
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = HERE / "workload.py"
@@ -45,24 +45,9 @@ METHOD = (
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    date = datetime.date.today().isoformat()
     return (
-        f"## fastapi_taskflow benchmarks ({date}, {commit})\n\n"
-        f"Machine: {os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()} on {platform.system()}.\n"
+        f"## fastapi_taskflow benchmarks ({datetime.date.today().isoformat()}, {commit()})\n\n"
+        f"Machine: {describe()}.\n"
         f"{METHOD}"
     )
 

@@ -39,6 +39,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
+from machine import commit
+from reads import fill
 
 from fastapi_taskflow import ManagedBackgroundTasks, TaskAdmin, TaskManager
 
@@ -55,7 +57,6 @@ RATE = 10.0
 BATCH = 100
 #: Seconds the clients get, after the load stops, to reach the core's newest event.
 DRAIN_SECONDS = 10.0
-NAMES = ("send_email", "resize_image", "sync_crm", "noop")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -68,13 +69,7 @@ def make_app() -> FastAPI:
     manager = TaskManager(max_history=history)
     core = manager.core
     started = time.perf_counter()
-    for i in range(history):
-        task_id, _ = core.create(NAMES[i % len(NAMES)])
-        core.transition(task_id, "running")
-        if i % 10 == 9:
-            core.transition(task_id, "failed", error="boom")
-        else:
-            core.transition(task_id, "success")
+    fill(core, history)
     print(f"filled {history:,} finished tasks in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
     app = FastAPI()
@@ -367,14 +362,8 @@ def _fmt(value: float | int | None, spec: str) -> str:
 
 
 def render(phases: list[Phase]) -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     lines = [
-        f"## Dashboard SSE fan-out ({datetime.date.today().isoformat()}, {commit})",
+        f"## Dashboard SSE fan-out ({datetime.date.today().isoformat()}, {commit()})",
         "",
         f"Machine: {os.cpu_count()} CPUs shared with other work, Python {platform.python_version()}; the uvicorn "
         "server, the client process (all SSE readers, raw asyncio sockets) and the load driver share those "

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import adapters
+from asgi import asgi_get
 
 #: add_task calls made on one tasks object before a fresh one is taken (like one request's worth, times many).
 BATCH = 1_000
@@ -72,40 +73,6 @@ async def measure_us(
         await call()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples) * 1e6, len(samples)
-
-
-def asgi_get(app: Any, path: str) -> Callable[[], Awaitable[int]]:
-    """A coroutine function sending one GET to ``app`` (no socket) and returning the status code."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"bench")],
-        "client": ("127.0.0.1", 50_000),
-        "server": ("bench", 80),
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def get() -> int:
-        status = 0
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        await app(dict(scope), receive, send)
-        return status
-
-    return get
 
 
 # -- what a scenario adds tasks to ------------------------------------------------------------------

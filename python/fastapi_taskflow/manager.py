@@ -177,12 +177,12 @@ class TaskManager:
     def serialize_arguments(
         self, spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[bytes | None, bytes | None]:
-        """JSON of a persistent task's arguments; ``(None, None)`` for the others.
+        """JSON of a persistent task's arguments (``(None, None)`` when they are encrypted).
 
         A persistent task must be restorable from disk, so arguments that JSON cannot
         hold are refused here, before anything is stored.
         """
-        if not spec.config.persist or self.runner.cipher is not None:
+        if self.runner.cipher is not None:
             # Encrypted arguments are never stored in clear; the ciphertext stays with the task.
             return None, None
         try:

@@ -25,10 +25,6 @@ class TaskStatus(str, Enum):
     CANCELLED = "cancelled"
     REJECTED = "rejected"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
-
 
 @dataclass
 class TaskConfig:

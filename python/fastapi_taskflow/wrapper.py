@@ -82,7 +82,8 @@ class ManagedBackgroundTasks(BackgroundTasks):
         manager = self.task_manager
         spec = manager.spec_for(func)
         config = spec.config
-        args_json, kwargs_json = manager.serialize_arguments(spec, args, kwargs)
+        # Only persistent tasks store their arguments; the common case skips the call entirely.
+        args_json, kwargs_json = manager.serialize_arguments(spec, args, kwargs) if config.persist else (None, None)
         task_id, created = manager.core.create(
             spec.name,
             executor=spec.executor,
