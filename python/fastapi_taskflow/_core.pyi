@@ -21,13 +21,27 @@ Conventions shared by both cores:
   is strictly smaller.
 * Statuses: ``pending running success failed interrupted cancelled rejected``.
   Finished (terminal) = the last five.
+* The journal: a record created with ``journal=True`` in a store with a file is
+  written by the next ``flush()`` as an *unfinished row* (status pending or
+  running) whose ``owner`` column is the store's ``instance_id``, and rewritten
+  by every later flush after its status or ``retries_used`` changes; once it
+  finishes, its row becomes an ordinary finished row (``owner`` NULL). A store
+  with a file holds an exclusive OS lock (``flock`` on POSIX, ``LockFileEx`` on
+  Windows) on the file ``<db_path>.owners/<instance_id>`` from open until
+  ``close()`` or the death of its process; a row whose owner's lock file can be
+  locked, or is missing, is an orphan that ``claim_orphans()`` may take.
+* Schema version 3 (both cores, identical SQL) adds to ``task_history`` the
+  columns ``owner TEXT``, ``encrypted_payload BLOB`` and ``retry_of TEXT`` and the
+  partial indexes ``task_history_owner(owner) WHERE owner IS NOT NULL``,
+  ``task_history_idempotency(idempotency_key, created_us) WHERE idempotency_key
+  IS NOT NULL`` and ``task_history_end(end_us) WHERE end_us IS NOT NULL``.
 """
 
 from typing import Final, final
 
 from typing_extensions import Self
 
-__all__ = ["STATUSES", "SnapshotError", "TaskStore", "__version__"]
+__all__ = ["STATUSES", "CorruptSnapshotError", "SnapshotError", "TaskStore", "__version__"]
 
 __version__: Final[str]
 
@@ -38,6 +52,13 @@ class SnapshotError(RuntimeError):
     """The snapshot database cannot be opened, read or written.
 
     The message names the file and says what to do about it.
+    """
+
+class CorruptSnapshotError(SnapshotError):
+    """The file exists but is not a usable SQLite database (damaged, or not SQLite at all).
+
+    Raised by ``TaskStore(db_path)`` only; the message names the file and the fix
+    (restore it from a backup, or move it aside to start with an empty history).
     """
 
 @final
@@ -55,6 +76,7 @@ class TaskStore:
         max_history: int = 10_000,
         ring_capacity: int = 65_536,
         max_log_lines: int = 1_000,
+        idempotency_ttl: float | None = None,
     ) -> Self:
         """Create an empty store, or open (creating if needed) the snapshot file.
 
@@ -63,12 +85,21 @@ class TaskStore:
         memory. ``max_history`` bounds how many finished records stay in memory;
         ``ring_capacity`` how many events the ring keeps; ``max_log_lines`` how
         many log lines one record keeps (the oldest are dropped first).
-        Raises ``ValueError`` for a capacity below 1 and ``SnapshotError`` (naming
-        ``db_path``) when the file cannot be opened or is not a snapshot database.
+        ``idempotency_ttl`` (seconds, None = forever) is how long an idempotency
+        key stays held after its record was created.
+        With a file, opening also creates ``<db_path>.owners/`` and takes the
+        owner lock of this store's ``instance_id`` (see the module docstring).
+        Raises ``ValueError`` for a capacity below 1 or a ttl that is not
+        positive, ``CorruptSnapshotError`` when the file is damaged or not SQLite,
+        and ``SnapshotError`` (naming ``db_path``) when it cannot be opened or is
+        a database of something else (no ``task_history``/``schema_version``).
         """
 
     @property
     def db_path(self) -> str | None: ...
+    @property
+    def instance_id(self) -> str:
+        """A fresh UUID4 text per store: the ``owner`` of this store's journal rows."""
     @property
     def last_seq(self) -> int:
         """Sequence number of the newest event in the ring; 0 before the first."""
@@ -85,13 +116,22 @@ class TaskStore:
         idempotency_key: str | None = None,
         args_json: bytes | None = None,
         kwargs_json: bytes | None = None,
+        encrypted_payload: bytes | None = None,
+        retry_of: str | None = None,
+        journal: bool = False,
     ) -> tuple[str, bool]:
         """Create a PENDING record with a fresh UUID4 id; return ``(task_id, True)``.
 
-        When ``idempotency_key`` is held by a record that is pending, running or
-        succeeded, nothing is created and ``(holder_id, False)`` is returned; a
-        failed, interrupted, cancelled or rejected holder frees the key. The
-        check and the creation are one atomic step. Emits a ``created`` event.
+        When ``idempotency_key`` is held, nothing is created and ``(holder_id,
+        False)`` is returned. A key is held by a record that is pending, running
+        or succeeded and was created less than ``idempotency_ttl`` seconds ago,
+        whether it is in memory or only in the file (an indexed read, done with
+        the GIL released); a failed, interrupted, cancelled or rejected holder
+        frees the key. The check and the creation are one atomic step within
+        this store. ``encrypted_payload`` is the ciphertext of encrypted
+        arguments, stored like ``args_json``; ``retry_of`` the id of the record
+        this one retries. ``journal=True`` puts the record in the journal (see
+        the module docstring; ignored without a file). Emits a ``created`` event.
         """
 
     def transition(
@@ -128,15 +168,17 @@ class TaskStore:
         """The record as a dict, from memory or else from the snapshot file.
 
         Keys: the 16 JSON keys (timestamps as ISO strings, like the JSON) plus
-        ``idempotency_key`` (str | None), ``args_json`` and ``kwargs_json``
-        (bytes | None) and ``logs_dropped`` (int). None when the id is unknown.
+        ``idempotency_key`` (str | None), ``args_json``, ``kwargs_json`` and
+        ``encrypted_payload`` (bytes | None), ``logs_dropped`` (int) and
+        ``retry_of`` (str | None). None when the id is unknown.
         """
 
     def get_json(self, task_id: str) -> bytes | None:
         """The record's detail JSON, or None when the id is unknown.
 
-        The 16 keys followed by ``logs_dropped``: how many log lines the
-        per-record bound has dropped (list pages keep exactly the 16 keys).
+        The 16 keys followed by ``logs_dropped`` (how many log lines the
+        per-record bound has dropped) and ``retry_of`` (the id this task
+        retries, or null). List pages keep exactly the 16 keys.
         """
 
     def page_json(
@@ -168,8 +210,13 @@ class TaskStore:
         finished records, rounded to 6 places, 0.0 when none), ``p50_seconds,
         p95_seconds, p99_seconds`` (from the duration histogram, null when no
         durations), and ``by_name``: an object keyed by function name, each
-        value holding the same keys except ``by_name``. Costs O(task names),
-        never O(records).
+        value holding the same keys except ``by_name``, and last ``snapshot``:
+        null without a file, else ``{"ok", "unwritten", "failed_writes",
+        "last_error", "last_write_at"}``: whether the last flush succeeded (true
+        before the first), how many records wait to be written, how many flushes
+        have failed since open, the last failure's message (null once a flush
+        succeeds again) and the ISO time of the last successful flush (null
+        before the first). Costs O(task names), never O(records).
         """
 
     def metrics_prometheus(self) -> bytes:
@@ -184,8 +231,10 @@ class TaskStore:
         cumulative ``_bucket`` at every tenth internal bound, ``le`` = ``10 **
         (k / 20)`` for k = -120, -110 .. 80 written as ``repr`` writes it, then
         ``le="+Inf"``, ``_count`` and ``_sum``, the sum also written as ``repr``)
-        and ``taskflow_queue_depth{queue}`` (gauge: pending records in memory per
-        queue name). Label values are escaped per OpenMetrics. Both cores render
+        ``taskflow_queue_depth{queue}`` (gauge: pending records in memory per
+        queue name) and, with a file only, ``taskflow_snapshot_ok`` (gauge, 1 or
+        0), ``taskflow_snapshot_unwritten`` (gauge) and
+        ``taskflow_snapshot_failed_writes`` (counter, ``_total``). Label values are escaped per OpenMetrics. Both cores render
         the same state to the same bytes. Costs O(task names + queues).
         """
 
@@ -200,14 +249,41 @@ class TaskStore:
         """
 
     def flush(self) -> int:
-        """Write every finished record changed since the last flush, in one transaction.
+        """Write, in one transaction, every finished record changed since the last
+        flush and every journaled record whose row is out of date.
 
         Then drops from memory the oldest finished records beyond
         ``max_history`` (only ones already on disk when there is a file; without
         a file, records beyond ``max_history`` are dropped as they finish).
         Returns the number of records written; 0 without a file. Raises
-        ``SnapshotError`` when the write fails; the records stay pending for the
-        next flush. Releases the GIL.
+        ``SnapshotError`` when the write fails (disk full, read-only file, a lock
+        held past the 5 s busy timeout); the records stay pending for the next
+        flush and the failure shows in the metrics' ``snapshot`` object.
+        Releases the GIL.
+        """
+
+    def claim_orphans(self) -> list[dict[str, object]]:
+        """Take over the unfinished rows of owners that are gone, and load them.
+
+        In one write transaction (``BEGIN IMMEDIATE``, so two stores on one file
+        never both take a row), every row with status pending or running whose
+        ``owner`` is not this store and is not alive (see the module docstring)
+        becomes owned by this store; those records are loaded into memory with
+        their stored status, fields, logs and arguments, as journaled records
+        (no metrics change: open already counted them), and returned as ``get()``
+        dicts, oldest first. Lock files of dead owners are removed afterwards.
+        ``[]`` without a file. Raises ``SnapshotError`` when the file cannot be
+        written. Releases the GIL.
+        """
+
+    def delete_finished_before(self, end_before_us: int) -> tuple[int, int]:
+        """Delete finished records that ended before ``end_before_us`` (µs since epoch).
+
+        From memory and from the file (with their ``task_tags`` rows), all five
+        finished statuses. Returns ``(deleted_from_memory, deleted_from_file)``;
+        a record in both counts in both. The metrics forget them (per-status
+        counts and durations), as a reopen would. Raises ``SnapshotError`` when
+        the file cannot be written (memory is then unchanged). Releases the GIL.
         """
 
     def memory_len(self) -> int:
