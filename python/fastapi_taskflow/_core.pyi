@@ -286,6 +286,14 @@ class TaskStore:
         the file cannot be written (memory is then unchanged). Releases the GIL.
         """
 
+    def delete(self, task_id: str) -> bool:
+        """Delete one finished record from memory and the file (with its tags).
+
+        Returns False when the id is unknown or the record is not finished. The
+        metrics forget it, as in ``delete_finished_before``. Raises
+        ``SnapshotError`` when the file cannot be written. Releases the GIL.
+        """
+
     def memory_len(self) -> int:
         """Number of records held in memory (live and finished)."""
 
