@@ -14,6 +14,8 @@ mod _core {
     use pyo3::types::PyTuple;
 
     #[pymodule_export]
+    use crate::py::errors::CorruptSnapshotError;
+    #[pymodule_export]
     use crate::py::errors::SnapshotError;
     #[pymodule_export]
     use crate::py::store::TaskStore;

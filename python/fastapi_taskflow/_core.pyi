@@ -225,7 +225,8 @@ class TaskStore:
         Families, each with HELP and TYPE lines, samples sorted by label:
         ``taskflow_tasks_created`` (counter, ``_total{func_name}``: records created),
         ``taskflow_tasks_finished`` (counter, ``_total{func_name,status}`` for the
-        five finished statuses: moves into that status, never decremented),
+        five finished statuses: moves into that status; both counters go down
+        only when history is deleted, which Prometheus reads as a reset),
         ``taskflow_tasks_live{func_name,status}`` (gauge, pending and running),
         ``taskflow_task_duration_seconds{func_name}`` (histogram, unit seconds:
         cumulative ``_bucket`` at every tenth internal bound, ``le`` = ``10 **
@@ -234,8 +235,9 @@ class TaskStore:
         ``taskflow_queue_depth{queue}`` (gauge: pending records in memory per
         queue name) and, with a file only, ``taskflow_snapshot_ok`` (gauge, 1 or
         0), ``taskflow_snapshot_unwritten`` (gauge) and
-        ``taskflow_snapshot_failed_writes`` (counter, ``_total``). Label values are escaped per OpenMetrics. Both cores render
-        the same state to the same bytes. Costs O(task names + queues).
+        ``taskflow_snapshot_failed_writes`` (counter, ``_total``). Label values
+        are escaped per OpenMetrics. Both cores render the same state to the
+        same bytes. Costs O(task names + queues).
         """
 
     def events_since(self, after: int, limit: int = 1_000) -> tuple[list[tuple[int, bytes]], bool]:

@@ -11,13 +11,17 @@ pub enum CoreError {
     InvalidInput(String),
     /// The snapshot database cannot be opened, read or written (Python: `SnapshotError`).
     Snapshot(String),
+    /// The file met at open is damaged or not SQLite at all (Python: `CorruptSnapshotError`).
+    CorruptSnapshot(String),
 }
 
 impl fmt::Display for CoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CoreError::UnknownTask(id) => write!(f, "unknown task id {id:?}"),
-            CoreError::InvalidInput(msg) | CoreError::Snapshot(msg) => f.write_str(msg),
+            CoreError::InvalidInput(msg)
+            | CoreError::Snapshot(msg)
+            | CoreError::CorruptSnapshot(msg) => f.write_str(msg),
         }
     }
 }
@@ -43,6 +47,10 @@ mod tests {
         assert_eq!(
             CoreError::Snapshot("/a.db: gone".into()).to_string(),
             "/a.db: gone"
+        );
+        assert_eq!(
+            CoreError::CorruptSnapshot("/a.db: damaged".into()).to_string(),
+            "/a.db: damaged"
         );
     }
 }

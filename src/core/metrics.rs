@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use super::health::Health;
 use super::json::{round6, write_f64, write_int, write_opt_f64, write_str};
 use super::record::{Status, STATUSES};
 
@@ -76,6 +77,34 @@ impl Counts {
         self.dur_min = self.dur_min.min(d);
         self.dur_max = self.dur_max.max(d);
         self.hist[bucket_of(d)] += 1;
+    }
+
+    /// Undoes `created` and `duration` for a deleted record.
+    fn forget(&mut self, status: Status, duration: Option<f64>) {
+        self.total = self.total.saturating_sub(1);
+        let n = &mut self.by_status[status.index()];
+        *n = n.saturating_sub(1);
+        if let Some(d) = duration.filter(|d| !d.is_nan()) {
+            self.forget_duration(d);
+        }
+    }
+
+    /// Min and max cannot be undone: they stay until no duration is left, so percentiles
+    /// may clamp to a bound one deleted record set (they remain within its bucket).
+    fn forget_duration(&mut self, d: f64) {
+        let bucket = &mut self.hist[bucket_of(d)];
+        if *bucket == 0 {
+            return; // never counted here (written by another store after this one opened)
+        }
+        *bucket -= 1;
+        self.dur_count -= 1;
+        if self.dur_count == 0 {
+            self.dur_sum = 0.0;
+            self.dur_min = f64::INFINITY;
+            self.dur_max = f64::NEG_INFINITY;
+        } else {
+            self.dur_sum -= d;
+        }
     }
 
     fn percentile(&self, q: f64) -> Option<f64> {
@@ -169,6 +198,8 @@ pub(crate) struct MetricsSnapshot {
     pub(crate) all: Summary,
     /// Sorted by name.
     pub(crate) by_name: Vec<(Arc<str>, Summary)>,
+    /// `None` without a snapshot file.
+    pub(crate) snapshot: Option<Health>,
 }
 
 impl MetricsSnapshot {
@@ -186,7 +217,12 @@ impl MetricsSnapshot {
             s.write_fields(&mut buf);
             buf.push(b'}');
         }
-        buf.extend_from_slice(b"}}");
+        buf.extend_from_slice(b"},\"snapshot\":");
+        match &self.snapshot {
+            Some(h) => h.write_json(&mut buf),
+            None => buf.extend_from_slice(b"null"),
+        }
+        buf.push(b'}');
         buf
     }
 }
@@ -230,6 +266,13 @@ impl Metrics {
         self.group(name_id).duration(seconds);
     }
 
+    /// A deleted record leaves the counts and, with its duration, the histogram, as if it
+    /// had never been seen (what a reopen of the file would count).
+    pub(crate) fn forget(&mut self, name_id: usize, status: Status, duration: Option<f64>) {
+        self.all.forget(status, duration);
+        self.group(name_id).forget(status, duration);
+    }
+
     /// Copies of the per-name groups that have seen a task, sorted by name (for the
     /// Prometheus text, rendered outside the store lock).
     pub(crate) fn groups(&self, names: &[Arc<str>]) -> Vec<(Arc<str>, Counts)> {
@@ -245,7 +288,7 @@ impl Metrics {
     }
 
     /// Summaries of everything; `names[i]` is the name of group `i`.
-    pub(crate) fn snapshot(&self, names: &[Arc<str>]) -> MetricsSnapshot {
+    pub(crate) fn snapshot(&self, names: &[Arc<str>], health: Option<Health>) -> MetricsSnapshot {
         let mut by_name: Vec<(Arc<str>, Summary)> = self
             .by_name
             .iter()
@@ -257,6 +300,7 @@ impl Metrics {
         MetricsSnapshot {
             all: self.all.summary(),
             by_name,
+            snapshot: health,
         }
     }
 }
@@ -282,15 +326,20 @@ mod tests {
     #[test]
     fn empty_metrics_json() {
         let m = Metrics::default();
-        let json = String::from_utf8(m.snapshot(&[]).to_json()).expect("utf8");
+        let json = String::from_utf8(m.snapshot(&[], None).to_json()).expect("utf8");
         assert_eq!(
             json,
             concat!(
                 r#"{"total":0,"pending":0,"running":0,"success":0,"failed":0,"interrupted":0,"#,
                 r#""cancelled":0,"rejected":0,"success_rate":0.0,"avg_duration_seconds":0.0,"#,
-                r#""p50_seconds":null,"p95_seconds":null,"p99_seconds":null,"by_name":{}}"#
+                r#""p50_seconds":null,"p95_seconds":null,"p99_seconds":null,"by_name":{},"#,
+                r#""snapshot":null}"#
             )
         );
+        let with_file = m.snapshot(&[], Some(Health::default())).to_json();
+        assert!(with_file.ends_with(
+            br#""by_name":{},"snapshot":{"ok":true,"unwritten":0,"failed_writes":0,"last_error":null,"last_write_at":null}}"#
+        ));
     }
 
     #[test]
@@ -302,7 +351,7 @@ mod tests {
         m.moved(0, Status::Pending, Status::Running);
         m.moved(0, Status::Running, Status::Success);
         m.duration(0, 0.5);
-        let s = m.snapshot(&names);
+        let s = m.snapshot(&names, None);
         assert_eq!(s.all.total, 2);
         assert_eq!(s.all.by_status, [1, 0, 1, 0, 0, 0, 0]);
         assert_eq!(s.all.success_rate, 0.5);
@@ -334,6 +383,46 @@ mod tests {
         assert_eq!(c.percentile(0.5), Some(0.0));
     }
 
+    #[test]
+    fn forget_undoes_counts_and_durations() {
+        let names: Vec<Arc<str>> = vec!["f".into()];
+        let mut m = Metrics::default();
+        for d in [0.5, 2.0] {
+            m.created(0, Status::Pending);
+            m.moved(0, Status::Pending, Status::Success);
+            m.duration(0, d);
+        }
+        m.forget(0, Status::Success, Some(2.0));
+        let s = m.snapshot(&names, None);
+        assert_eq!(s.all.total, 1);
+        assert_eq!(s.all.by_status[Status::Success.index()], 1);
+        assert_eq!(s.all.avg_duration_seconds, 0.5);
+        assert_eq!(s.all.p99, Some(round6(bounds()[bucket_of(0.5)].min(2.0))));
+        assert_eq!(s.by_name[0].1.total, 1);
+        m.forget(0, Status::Success, Some(0.5));
+        let s = m.snapshot(&names, None);
+        assert!(
+            s.by_name.is_empty(),
+            "a name with nothing left is not listed"
+        );
+        assert_eq!(
+            (s.all.total, s.all.p50, s.all.avg_duration_seconds),
+            (0, None, 0.0)
+        );
+        assert_eq!(m.all.dur_sum, 0.0);
+        // Durations never counted here are ignored; counts never go below zero.
+        m.forget(0, Status::Failed, Some(7.0));
+        assert_eq!(
+            (m.all.total, m.all.dur_count, m.all.hist_count()),
+            (0, 0, 0)
+        );
+        m.created(0, Status::Pending);
+        m.moved(0, Status::Pending, Status::Success);
+        m.duration(0, 0.25);
+        let s = m.snapshot(&names, None);
+        assert_eq!((s.all.p50, s.all.avg_duration_seconds), (Some(0.25), 0.25));
+    }
+
     proptest! {
         #[test]
         fn invariants(ops in proptest::collection::vec((0usize..4, 0usize..7, 0usize..7, 0.0f64..2e4), 0..200)) {
@@ -352,7 +441,7 @@ mod tests {
                 current.push((name, to));
             }
             let names: Vec<Arc<str>> = (0..4).map(|i| Arc::from(i.to_string())).collect();
-            let s = m.snapshot(&names);
+            let s = m.snapshot(&names, None);
             prop_assert_eq!(s.all.total, current.len() as u64);
             prop_assert_eq!(s.all.by_status.iter().sum::<u64>(), s.all.total);
             prop_assert_eq!(m.all.hist_count(), durations);

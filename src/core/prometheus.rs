@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::health::Health;
 use super::metrics::{bounds, Counts, BOUNDS};
 use super::record::{Status, STATUSES};
 
@@ -92,16 +93,19 @@ fn sample(
     value: impl FnOnce(&mut Vec<u8>),
 ) {
     buf.extend_from_slice(name.as_bytes());
-    buf.push(b'{');
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            buf.push(b',');
+    if !labels.is_empty() {
+        buf.push(b'{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(k.as_bytes());
+            buf.push(b'=');
+            write_label(buf, v);
         }
-        buf.extend_from_slice(k.as_bytes());
-        buf.push(b'=');
-        write_label(buf, v);
+        buf.push(b'}');
     }
-    buf.extend_from_slice(b"} ");
+    buf.push(b' ');
     value(buf);
     buf.push(b'\n');
 }
@@ -110,8 +114,13 @@ fn int(n: u64) -> impl FnOnce(&mut Vec<u8>) {
     move |buf| buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
 }
 
-/// The exposition of per-name groups (sorted by name) and pending depth per queue (sorted).
-pub(crate) fn render(groups: &[(Arc<str>, Counts)], queues: &[(Arc<str>, u64)]) -> Vec<u8> {
+/// The exposition of per-name groups (sorted by name), pending depth per queue (sorted) and,
+/// with a snapshot file, its health.
+pub(crate) fn render(
+    groups: &[(Arc<str>, Counts)],
+    queues: &[(Arc<str>, u64)],
+    health: Option<&Health>,
+) -> Vec<u8> {
     let mut buf = Vec::with_capacity(1024 + groups.len() * 2048 + queues.len() * 64);
     let name = "taskflow_tasks_created";
     family(
@@ -215,8 +224,32 @@ pub(crate) fn render(groups: &[(Arc<str>, Counts)], queues: &[(Arc<str>, u64)]) 
     for (queue, n) in queues {
         sample(&mut buf, name, &[("queue", queue)], int(*n));
     }
+    if let Some(h) = health {
+        render_health(&mut buf, h);
+    }
     buf.extend_from_slice(b"# EOF\n");
     buf
+}
+
+/// The three snapshot families. Twin: the same HELP texts in `_pycore/prometheus.py`.
+fn render_health(buf: &mut Vec<u8>, h: &Health) {
+    let name = "taskflow_snapshot_ok";
+    let help = "Whether the last snapshot write succeeded (1) or failed (0).";
+    family(buf, name, "gauge", help, None);
+    sample(buf, name, &[], int(u64::from(h.ok)));
+    let name = "taskflow_snapshot_unwritten";
+    let help = "Records waiting to be written to the snapshot file.";
+    family(buf, name, "gauge", help, None);
+    sample(buf, name, &[], int(h.unwritten));
+    let name = "taskflow_snapshot_failed_writes";
+    let help = "Snapshot writes that failed since the file was opened.";
+    family(buf, name, "counter", help, None);
+    sample(
+        buf,
+        "taskflow_snapshot_failed_writes_total",
+        &[],
+        int(h.failed_writes),
+    );
 }
 
 #[cfg(test)]
@@ -255,8 +288,40 @@ mod tests {
 
     #[test]
     fn empty_text_has_every_family() {
-        let text = String::from_utf8(render(&[], &[])).expect("utf8");
+        let text = String::from_utf8(render(&[], &[], None)).expect("utf8");
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(text.matches("# TYPE ").count(), 5);
+        assert!(!text.contains("snapshot"));
+    }
+
+    #[test]
+    fn snapshot_health_follows_the_queue_depth() {
+        let h = Health {
+            ok: false,
+            unwritten: 4,
+            failed_writes: 2,
+            ..Health::default()
+        };
+        let queues = [(Arc::from("default"), 1)];
+        let text = String::from_utf8(render(&[], &queues, Some(&h))).expect("utf8");
+        let tail = text
+            .split_once("taskflow_queue_depth{queue=\"default\"} 1\n")
+            .expect("depth")
+            .1;
+        assert_eq!(
+            tail,
+            concat!(
+                "# HELP taskflow_snapshot_ok Whether the last snapshot write succeeded (1) or failed (0).\n",
+                "# TYPE taskflow_snapshot_ok gauge\n",
+                "taskflow_snapshot_ok 0\n",
+                "# HELP taskflow_snapshot_unwritten Records waiting to be written to the snapshot file.\n",
+                "# TYPE taskflow_snapshot_unwritten gauge\n",
+                "taskflow_snapshot_unwritten 4\n",
+                "# HELP taskflow_snapshot_failed_writes Snapshot writes that failed since the file was opened.\n",
+                "# TYPE taskflow_snapshot_failed_writes counter\n",
+                "taskflow_snapshot_failed_writes_total 2\n",
+                "# EOF\n",
+            )
+        );
     }
 }

@@ -165,6 +165,10 @@ pub(crate) struct TaskInfo {
     pub(crate) idempotency_key: Option<Arc<str>>,
     pub(crate) args_json: Option<Arc<[u8]>>,
     pub(crate) kwargs_json: Option<Arc<[u8]>>,
+    /// Ciphertext of encrypted arguments, kept as opaque bytes like `args_json`.
+    pub(crate) encrypted_payload: Option<Arc<[u8]>>,
+    /// Id of the record this one retries.
+    pub(crate) retry_of: Option<Arc<str>>,
 }
 
 /// Where a task is: the fields `transition` changes. Cheap to copy into an event.
@@ -222,13 +226,16 @@ impl Record {
     }
 }
 
-/// The detail JSON: a record's 16-key object (`json`) followed by `"logs_dropped"`.
-pub(crate) fn detail_json(json: &[u8], logs_dropped: u64) -> Vec<u8> {
+/// The detail JSON: a record's 16-key object (`json`) followed by `"logs_dropped"` and
+/// `"retry_of"`.
+pub(crate) fn detail_json(json: &[u8], logs_dropped: u64, retry_of: Option<&str>) -> Vec<u8> {
     let body = json.strip_suffix(b"}").unwrap_or(json);
-    let mut out = Vec::with_capacity(body.len() + 24);
+    let mut out = Vec::with_capacity(body.len() + 80);
     out.extend_from_slice(body);
     out.extend_from_slice(b",\"logs_dropped\":");
-    out.extend_from_slice(itoa::Buffer::new().format(logs_dropped).as_bytes());
+    write_int(&mut out, logs_dropped);
+    out.extend_from_slice(b",\"retry_of\":");
+    write_opt_str(&mut out, retry_of);
     out.push(b'}');
     out
 }
@@ -334,6 +341,8 @@ pub(crate) mod tests {
                 idempotency_key: None,
                 args_json: None,
                 kwargs_json: None,
+                encrypted_payload: None,
+                retry_of: None,
             }),
             progress: Progress {
                 status: Status::Success,
@@ -434,5 +443,14 @@ pub(crate) mod tests {
         let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
         assert_eq!(v.as_object().map(|o| o.len()), Some(15));
         assert!(v.get("logs").is_none());
+    }
+
+    #[test]
+    fn detail_adds_logs_dropped_and_retry_of() {
+        let mut buf = Vec::new();
+        sample().write_json(&mut buf, "id-1");
+        let detail = detail_json(&buf, 3, Some("id-0"));
+        assert!(detail.ends_with(br#""queue":"default","logs_dropped":3,"retry_of":"id-0"}"#));
+        assert!(detail_json(&buf, 0, None).ends_with(br#""logs_dropped":0,"retry_of":null}"#));
     }
 }

@@ -11,15 +11,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::error::{CoreError, CoreResult};
+use super::health::Health;
 use super::index::{Key, KeyIndex};
 use super::metrics::{Metrics, MetricsSnapshot};
+use super::owners::Owners;
 use super::prometheus;
 use super::record::{
     detail_json, duration_seconds, new_uuid4, parse_uuid, unknown_status_message, Progress, Record,
     Status, Tags, TaskInfo, UuidText,
 };
 use super::ring::{Event, EventRing, Slot};
-use super::snapshot::{DiskRecord, PageQuery, Snapshot};
+use super::snapshot::{
+    is_in_memory, DeletedRow, DiskRecord, Doomed, MetricRow, PageQuery, Snapshot,
+};
 
 /// Hashes a random UUID by folding its halves: ids are generated here, never chosen by input.
 #[derive(Default)]
@@ -50,12 +54,14 @@ const MAX_INTERNED: usize = 4096;
 /// One serialised event: its sequence number and JSON.
 pub(crate) type EventJson = (u64, Arc<[u8]>);
 
-/// Sizes of a store, as passed to `TaskStore(...)`.
+/// Sizes and limits of a store, as passed to `TaskStore(...)`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StoreConfig {
     pub(crate) max_history: i64,
     pub(crate) ring_capacity: i64,
     pub(crate) max_log_lines: i64,
+    /// Seconds an idempotency key stays held after its record was created; `None` = forever.
+    pub(crate) idempotency_ttl: Option<f64>,
 }
 
 impl Default for StoreConfig {
@@ -64,8 +70,21 @@ impl Default for StoreConfig {
             max_history: 10_000,
             ring_capacity: 65_536,
             max_log_lines: 1_000,
+            idempotency_ttl: None,
         }
     }
+}
+
+/// The ttl in whole microseconds such that `now - created < ttl_us` exactly when
+/// `now - created < ttl * 1e6` (both cores compare this way). Must be positive.
+fn ttl_micros(ttl: f64) -> CoreResult<i64> {
+    if ttl.is_nan() || ttl <= 0.0 {
+        return Err(CoreError::InvalidInput(format!(
+            "idempotency_ttl must be a positive number of seconds, got {ttl}"
+        )));
+    }
+    // A float-to-int `as` saturates, so an infinite ttl holds keys forever.
+    Ok((ttl * 1e6).ceil() as i64)
 }
 
 /// The fields of `create`, extracted before the store lock is taken.
@@ -80,6 +99,48 @@ pub(crate) struct NewTask<'a> {
     pub(crate) idempotency_key: Option<&'a str>,
     pub(crate) args_json: Option<&'a [u8]>,
     pub(crate) kwargs_json: Option<&'a [u8]>,
+    pub(crate) encrypted_payload: Option<&'a [u8]>,
+    pub(crate) retry_of: Option<&'a str>,
+    /// Put the record in the journal (ignored without a file).
+    pub(crate) journal: bool,
+}
+
+/// The owned parts of a new record, made before the store lock is taken.
+struct Payload {
+    idempotency_key: Option<Arc<str>>,
+    args_json: Option<Arc<[u8]>>,
+    kwargs_json: Option<Arc<[u8]>>,
+    encrypted_payload: Option<Arc<[u8]>>,
+    retry_of: Option<Arc<str>>,
+}
+
+impl Payload {
+    fn of(t: &NewTask<'_>) -> Payload {
+        Payload {
+            idempotency_key: t.idempotency_key.map(Arc::from),
+            args_json: t.args_json.map(Arc::from),
+            kwargs_json: t.kwargs_json.map(Arc::from),
+            encrypted_payload: t.encrypted_payload.map(Arc::from),
+            retry_of: t.retry_of.map(Arc::from),
+        }
+    }
+}
+
+/// A task id as `create` returns it: one made here, or a holder's id as the file stores it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TaskId {
+    Uuid(u128),
+    Stored(String),
+}
+
+impl TaskId {
+    /// Calls `f` with the id's text (a UUID's is formatted on the stack).
+    pub(crate) fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            TaskId::Uuid(id) => f(UuidText::new(*id).as_str()),
+            TaskId::Stored(text) => f(text),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +156,9 @@ impl<'a> NewTask<'a> {
             idempotency_key: None,
             args_json: None,
             kwargs_json: None,
+            encrypted_payload: None,
+            retry_of: None,
+            journal: false,
         }
     }
 }
@@ -164,6 +228,8 @@ struct Entry {
     keyed: bool,
     /// The record's JSON as last served, until it changes (pages are read again and again).
     json: Option<Arc<[u8]>>,
+    /// Whether its unfinished row is kept in the file, owned by this store.
+    journal: bool,
 }
 
 /// Records whose JSON is longer than this (long logs) are not kept serialised.
@@ -202,6 +268,10 @@ struct State {
     finished: KeyIndex,
     /// Finished records changed since they were last written.
     dirty: HashSet<u128, IdBuild>,
+    /// Unfinished journaled records whose row is out of date (never also in `dirty`).
+    journal_dirty: HashSet<u128, IdBuild>,
+    /// What the flushes found (reported only with a file).
+    health: Health,
     metrics: Metrics,
     /// Pending records in memory per queue name (the queue-depth gauge), kept per event.
     queue_pending: HashMap<Arc<str>, u64, NameBuild>,
@@ -261,6 +331,209 @@ impl State {
             .collect();
         for key in victims {
             self.evict(key);
+        }
+    }
+
+    /// The in-memory record holding idempotency `key`, if it still holds it: pending,
+    /// running or succeeded, and created after `created_after` (µs) when there is a ttl.
+    fn memory_holder(&self, key: &str, created_after: Option<i64>) -> Option<u128> {
+        let &id = self.keys.get(key)?;
+        let r = &self.records.get(&id)?.record;
+        let fresh = created_after.is_none_or(|after| r.info.created_us > after);
+        (r.status().holds_key() && fresh).then_some(id)
+    }
+
+    /// Whether a row the file lists as a key holder still holds: memory is newer than the
+    /// file, so a record memory knows to have failed (its row not yet rewritten) does not.
+    fn disk_row_holds(&self, task_id: &str) -> bool {
+        parse_uuid(task_id)
+            .and_then(|id| self.records.get(&id))
+            .is_none_or(|e| e.record.status().holds_key())
+    }
+
+    fn add_to_indexes(&mut self, key: Key, status: Status, name_id: usize) {
+        self.all.insert(key);
+        self.by_status[status.index()].insert(key);
+        if name_id >= self.by_name.len() {
+            self.by_name.resize_with(name_id + 1, BTreeSet::new);
+        }
+        self.by_name[name_id].insert(key);
+    }
+
+    /// Adds a new pending record, counts it and emits its `created` event.
+    fn insert(&mut self, t: &NewTask<'_>, payload: Payload, now: i64) -> u128 {
+        let id = loop {
+            let id = new_uuid4();
+            if !self.records.contains_key(&id) {
+                break id;
+            }
+        };
+        let keyed = payload.idempotency_key.is_some();
+        if let Some(k) = &payload.idempotency_key {
+            self.keys.insert(Arc::clone(k), id);
+        }
+        let name_id = self.names.intern(t.func_name);
+        let info = Arc::new(TaskInfo {
+            func_name: Arc::clone(&self.names.names[name_id]),
+            created_us: now,
+            tags: t.tags.clone(),
+            source: self.strings.intern(t.source),
+            priority: t.priority,
+            executor: t.executor.map(|e| self.strings.intern(e)),
+            queue: self.strings.intern(t.queue),
+            idempotency_key: payload.idempotency_key,
+            args_json: payload.args_json,
+            kwargs_json: payload.kwargs_json,
+            encrypted_payload: payload.encrypted_payload,
+            retry_of: payload.retry_of,
+        });
+        self.add_to_indexes((now, id), Status::Pending, name_id);
+        self.metrics.created(name_id, Status::Pending);
+        *self
+            .queue_pending
+            .entry(Arc::clone(&info.queue))
+            .or_insert(0) += 1;
+        let progress = Progress::new();
+        self.ring.push(Event::Task {
+            created: true,
+            id,
+            info: Arc::clone(&info),
+            progress: progress.clone(),
+        });
+        let record = Record {
+            info,
+            progress,
+            logs: VecDeque::new(),
+            logs_dropped: 0,
+            rev: 0,
+        };
+        let journal = t.journal && self.persist;
+        if journal {
+            self.journal_dirty.insert(id);
+        }
+        self.records.insert(
+            id,
+            Entry {
+                record,
+                name_id,
+                keyed,
+                json: None,
+                journal,
+            },
+        );
+        id
+    }
+
+    /// Takes a claimed row into memory as a journaled record, unless its id is already
+    /// held. Metrics stay as they are: open counted the row.
+    fn adopt(&mut self, d: DiskRecord) -> Option<(String, Record)> {
+        let id = parse_uuid(&d.task_id)?;
+        if self.records.contains_key(&id) {
+            return None;
+        }
+        let mut record = d.record;
+        // This store's bound applies, as to any record it holds.
+        while record.logs.len() > self.max_log_lines {
+            record.logs.pop_front();
+            record.logs_dropped += 1;
+        }
+        let status = record.status();
+        let name_id = self.names.intern(&record.info.func_name);
+        self.add_to_indexes((record.info.created_us, id), status, name_id);
+        if status == Status::Pending {
+            *self
+                .queue_pending
+                .entry(Arc::clone(&record.info.queue))
+                .or_insert(0) += 1;
+        }
+        let keyed = record.info.idempotency_key.is_some();
+        if let Some(k) = &record.info.idempotency_key {
+            if self.memory_holder(k, None).is_none() {
+                self.keys.insert(Arc::clone(k), id);
+            }
+        }
+        let entry = Entry {
+            record: record.clone(),
+            name_id,
+            keyed,
+            json: None,
+            journal: true,
+        };
+        self.records.insert(id, entry);
+        Some((d.task_id, record))
+    }
+
+    /// Ids of the finished records in memory that ended before `end_before_us`.
+    fn finished_before(&self, end_before_us: i64) -> Vec<u128> {
+        self.finished
+            .iter()
+            .map(|&(_, id)| id)
+            .filter(|id| {
+                self.records
+                    .get(id)
+                    .is_some_and(|e| e.record.progress.end_us.is_some_and(|t| t < end_before_us))
+            })
+            .collect()
+    }
+
+    /// Removes the deleted records from memory and makes the metrics forget each once:
+    /// `rows` left the file (forgotten as memory has them when memory holds them), `ids`
+    /// were chosen in memory. Returns how many left memory.
+    fn remove_deleted(&mut self, ids: &[u128], rows: &[DeletedRow]) -> usize {
+        let mut removed = 0;
+        for row in rows {
+            match parse_uuid(&row.task_id).filter(|id| self.records.contains_key(id)) {
+                Some(id) => removed += usize::from(self.remove_finished(id)),
+                None => self.forget_row(&row.row),
+            }
+        }
+        for &id in ids {
+            removed += usize::from(self.remove_finished(id));
+        }
+        removed
+    }
+
+    /// Removes a finished record from memory and from the metrics; false when it is not
+    /// held or not finished.
+    fn remove_finished(&mut self, id: u128) -> bool {
+        let Some(entry) = self.records.get(&id) else {
+            return false;
+        };
+        let r = &entry.record;
+        if !r.status().is_finished() {
+            return false;
+        }
+        let (status, duration, name_id) = (r.status(), r.progress.duration(), entry.name_id);
+        self.evict((r.info.created_us, id));
+        self.metrics.forget(name_id, status, duration);
+        true
+    }
+
+    /// Makes the metrics forget a deleted row that memory did not hold. A name this store
+    /// never counted (a row written by another store since open) has nothing to forget.
+    fn forget_row(&mut self, row: &MetricRow) {
+        let (Some(status), Some(name_id)) = (row.status, self.names.get(&row.func_name)) else {
+            return;
+        };
+        let duration = match (status.is_finished(), row.start_us, row.end_us) {
+            (true, Some(s), Some(e)) => Some(duration_seconds(s, e)),
+            _ => None,
+        };
+        self.metrics.forget(name_id, status, duration);
+    }
+
+    /// Copies of the records a flush must write.
+    fn unwritten_batch(&self) -> Vec<(u128, Record)> {
+        let ids = self.dirty.iter().chain(&self.journal_dirty);
+        ids.filter_map(|id| self.records.get(id).map(|e| (*id, e.record.clone())))
+            .collect()
+    }
+
+    /// The flush health with the count of records waiting to be written.
+    fn health_now(&self) -> Health {
+        Health {
+            unwritten: (self.dirty.len() + self.journal_dirty.len()) as u64,
+            ..self.health.clone()
         }
     }
 
@@ -408,6 +681,14 @@ fn has_tag(tags: Option<&Tags>, (key, value): (&str, &str)) -> bool {
 pub(crate) struct TaskStore {
     state: Mutex<State>,
     snapshot: Option<Snapshot>,
+    /// Held through each flush and delete: a flush that copied a record before a delete
+    /// removed it must not write it back after.
+    file_ops: Mutex<()>,
+    /// This store's owner lock; `None` without a file (or for SQLite's in-memory database).
+    owners: Option<Owners>,
+    /// The `owner` of this store's journal rows.
+    instance_id: String,
+    idempotency_ttl_us: Option<i64>,
 }
 
 impl TaskStore {
@@ -425,7 +706,13 @@ impl TaskStore {
         let max_history = positive("max_history", cfg.max_history)?;
         let ring_capacity = positive("ring_capacity", cfg.ring_capacity)?;
         let max_log_lines = positive("max_log_lines", cfg.max_log_lines)?;
+        let idempotency_ttl_us = cfg.idempotency_ttl.map(ttl_micros).transpose()?;
+        let instance_id = UuidText::new(new_uuid4()).as_str().to_owned();
         let snapshot = db_path.map(Snapshot::open).transpose()?;
+        let owners = match db_path {
+            Some(path) if !is_in_memory(path) => Some(Owners::acquire(path, &instance_id)?),
+            _ => None,
+        };
         let mut state = State {
             records: HashMap::default(),
             all: BTreeSet::new(),
@@ -436,6 +723,8 @@ impl TaskStore {
             keys: HashMap::new(),
             finished: KeyIndex::default(),
             dirty: HashSet::default(),
+            journal_dirty: HashSet::default(),
+            health: Health::default(),
             metrics: Metrics::default(),
             queue_pending: HashMap::default(),
             ring: EventRing::new(ring_capacity),
@@ -459,6 +748,10 @@ impl TaskStore {
         Ok(TaskStore {
             state: Mutex::new(state),
             snapshot,
+            file_ops: Mutex::new(()),
+            owners,
+            instance_id,
+            idempotency_ttl_us,
         })
     }
 
@@ -467,8 +760,17 @@ impl TaskStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Taken before the state lock, never under it.
+    fn lock_file_ops(&self) -> MutexGuard<'_, ()> {
+        self.file_ops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn db_path(&self) -> Option<&str> {
         self.snapshot.as_ref().map(Snapshot::path)
+    }
+
+    pub(crate) fn instance_id(&self) -> &str {
+        &self.instance_id
     }
 
     /// Whether reads may have to look at the file (so callers release the GIL).
@@ -485,74 +787,33 @@ impl TaskStore {
     }
 
     /// Creates a pending record, or returns the current holder of the idempotency key.
-    pub(crate) fn create(&self, t: NewTask<'_>) -> (u128, bool) {
+    ///
+    /// With a key and a file, the file is read without the store lock (blocking I/O); the
+    /// memory check is repeated under the lock, so check and creation stay one step within
+    /// this store (a record is always in memory, in the file, or both).
+    pub(crate) fn create(&self, t: NewTask<'_>) -> CoreResult<(TaskId, bool)> {
         let now = now_us();
-        let args_json = t.args_json.map(Arc::from);
-        let kwargs_json = t.kwargs_json.map(Arc::from);
-        let key_arc: Option<Arc<str>> = t.idempotency_key.map(Arc::from);
-        let keyed = key_arc.is_some();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        if let Some(k) = t.idempotency_key {
-            if let Some(&holder) = st.keys.get(k) {
-                return (holder, false);
+        let created_after = self.idempotency_ttl_us.map(|ttl| now.saturating_sub(ttl));
+        let payload = Payload::of(&t);
+        let on_disk = match (t.idempotency_key, &self.snapshot) {
+            (Some(key), Some(snap)) => {
+                if let Some(holder) = self.lock().memory_holder(key, created_after) {
+                    return Ok((TaskId::Uuid(holder), false));
+                }
+                snap.key_holders(key, created_after)?
+            }
+            _ => Vec::new(),
+        };
+        let mut st = self.lock();
+        if let Some(key) = t.idempotency_key {
+            if let Some(holder) = st.memory_holder(key, created_after) {
+                return Ok((TaskId::Uuid(holder), false));
+            }
+            if let Some(holder) = on_disk.into_iter().find(|h| st.disk_row_holds(h)) {
+                return Ok((TaskId::Stored(holder), false));
             }
         }
-        let id = loop {
-            let id = new_uuid4();
-            if !st.records.contains_key(&id) {
-                break id;
-            }
-        };
-        if let Some(k) = &key_arc {
-            st.keys.insert(Arc::clone(k), id);
-        }
-        let name_id = st.names.intern(t.func_name);
-        let info = Arc::new(TaskInfo {
-            func_name: Arc::clone(&st.names.names[name_id]),
-            created_us: now,
-            tags: t.tags,
-            source: st.strings.intern(t.source),
-            priority: t.priority,
-            executor: t.executor.map(|e| st.strings.intern(e)),
-            queue: st.strings.intern(t.queue),
-            idempotency_key: key_arc,
-            args_json,
-            kwargs_json,
-        });
-        let key = (now, id);
-        st.all.insert(key);
-        st.by_status[Status::Pending.index()].insert(key);
-        if name_id >= st.by_name.len() {
-            st.by_name.resize_with(name_id + 1, BTreeSet::new);
-        }
-        st.by_name[name_id].insert(key);
-        st.metrics.created(name_id, Status::Pending);
-        *st.queue_pending.entry(Arc::clone(&info.queue)).or_insert(0) += 1;
-        let progress = Progress::new();
-        st.ring.push(Event::Task {
-            created: true,
-            id,
-            info: Arc::clone(&info),
-            progress: progress.clone(),
-        });
-        let record = Record {
-            info,
-            progress,
-            logs: VecDeque::new(),
-            logs_dropped: 0,
-            rev: 0,
-        };
-        st.records.insert(
-            id,
-            Entry {
-                record,
-                name_id,
-                keyed,
-                json: None,
-            },
-        );
-        (id, true)
+        Ok((TaskId::Uuid(st.insert(&t, payload, now)), true))
     }
 
     /// Moves a record to `status`; `Ok(false)` when the move is not allowed.
@@ -584,6 +845,7 @@ impl TaskStore {
         if !from.can_move_to(to) {
             return Ok(false);
         }
+        let retries_changed = change.retries_used.is_some_and(|r| r != p.retries_used);
         if error.is_some() {
             p.error = error;
         }
@@ -607,6 +869,9 @@ impl TaskStore {
         let info = &entry.record.info;
         let key = (info.created_us, id);
         let name_id = entry.name_id;
+        if entry.journal && !finished && (from != to || retries_changed) {
+            st.journal_dirty.insert(id);
+        }
         st.ring.push(Event::Task {
             created: false,
             id,
@@ -638,6 +903,8 @@ impl TaskStore {
                 st.metrics.duration(name_id, d);
             }
             st.finished.insert(key);
+            // From now on its row is an ordinary finished row.
+            st.journal_dirty.remove(&id);
             if st.persist {
                 st.dirty.insert(id);
             } else {
@@ -698,12 +965,13 @@ impl TaskStore {
     /// The in-memory record's detail JSON (the 16 keys and `logs_dropped`).
     pub(crate) fn get_json_memory(&self, task_id: &str) -> Option<Vec<u8>> {
         let id = parse_uuid(task_id)?;
-        let (json, dropped) = {
+        let (json, dropped, retry_of) = {
             let mut st = self.lock();
             let entry = st.records.get_mut(&id)?;
-            (entry.json(id), entry.record.logs_dropped)
+            let retry_of = entry.record.info.retry_of.clone();
+            (entry.json(id), entry.record.logs_dropped, retry_of)
         };
-        Some(detail_json(&json, dropped))
+        Some(detail_json(&json, dropped, retry_of.as_deref()))
     }
 
     /// The record's JSON object, from memory, else from the file.
@@ -714,7 +982,7 @@ impl TaskStore {
         Ok(self.get_disk(task_id)?.map(|r| {
             let mut buf = Vec::with_capacity(512);
             r.write_json(&mut buf, task_id);
-            detail_json(&buf, r.logs_dropped)
+            detail_json(&buf, r.logs_dropped, r.info.retry_of.as_deref())
         }))
     }
 
@@ -833,25 +1101,28 @@ impl TaskStore {
         Ok((out, page.next))
     }
 
-    /// Summaries of every task seen, memory and disk.
+    /// Summaries of every task seen, memory and disk, and the file's health.
     pub(crate) fn metrics(&self) -> MetricsSnapshot {
         let st = self.lock();
-        st.metrics.snapshot(&st.names.names)
+        let health = self.snapshot.as_ref().map(|_| st.health_now());
+        st.metrics.snapshot(&st.names.names, health)
     }
 
-    /// OpenMetrics text of the same aggregates plus the pending depth per queue.
+    /// OpenMetrics text of the same aggregates plus the pending depth per queue and, with a
+    /// file, its health.
     pub(crate) fn metrics_prometheus(&self) -> Vec<u8> {
-        let (groups, mut queues) = {
+        let (groups, mut queues, health) = {
             let st = self.lock();
             let queues: Vec<(Arc<str>, u64)> = st
                 .queue_pending
                 .iter()
                 .map(|(q, &n)| (Arc::clone(q), n))
                 .collect();
-            (st.metrics.groups(&st.names.names), queues)
+            let health = self.snapshot.as_ref().map(|_| st.health_now());
+            (st.metrics.groups(&st.names.names), queues, health)
         };
         queues.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        prometheus::render(&groups, &queues)
+        prometheus::render(&groups, &queues, health.as_ref())
     }
 
     #[cfg(test)]
@@ -901,45 +1172,117 @@ impl TaskStore {
         Ok((out, missed))
     }
 
-    /// Writes finished records changed since the last flush, then applies retention.
+    /// Writes finished records changed since the last flush and journaled records whose
+    /// row is out of date, in one transaction, then applies retention. The outcome is kept
+    /// for the metrics.
     pub(crate) fn flush(&self) -> CoreResult<usize> {
         let Some(snap) = &self.snapshot else {
             return Ok(0);
         };
-        if snap.is_closed() {
-            return snap.write(&[]);
-        }
-        let mut revs: Vec<(u128, u64)> = Vec::new();
-        let batch: Vec<(u128, Record)> = {
-            let st = self.lock();
-            revs.reserve(st.dirty.len());
-            st.dirty
-                .iter()
-                .filter_map(|id| st.records.get(id).map(|e| (*id, e.record.clone())))
-                .inspect(|(id, r)| revs.push((*id, r.rev)))
-                .collect()
-        };
-        let written = if batch.is_empty() {
-            0
-        } else {
-            snap.write(&batch)?
-        };
+        let _serial = self.lock_file_ops();
+        // Writing to a closed file is no failure of the file: the health stays as it was.
+        snap.ensure_open()?;
+        let batch = self.lock().unwritten_batch();
+        let revs: Vec<(u128, u64)> = batch.iter().map(|(id, r)| (*id, r.rev)).collect();
+        let result = snap.write(&batch, &self.instance_id);
         drop(batch);
         let mut st = self.lock();
-        for (id, rev) in revs {
-            if st.records.get(&id).is_some_and(|e| e.record.rev == rev) {
-                st.dirty.remove(&id);
+        match &result {
+            Ok(_) => {
+                for (id, rev) in revs {
+                    if st.records.get(&id).is_some_and(|e| e.record.rev == rev) {
+                        st.dirty.remove(&id);
+                        st.journal_dirty.remove(&id);
+                    }
+                }
+                st.health.succeeded(now_us());
+                st.enforce_retention();
             }
+            Err(e) => st.health.failed(&e.to_string()),
         }
-        st.enforce_retention();
-        Ok(written)
+        result
     }
 
-    /// Closes the snapshot file; later flushes fail, reads see memory only, and finished
-    /// records leave memory as they would without a file.
+    /// Takes over the unfinished rows of dead owners and loads them; returns the records
+    /// loaded, oldest first.
+    pub(crate) fn claim_orphans(&self) -> CoreResult<Vec<(String, Record)>> {
+        let (Some(snap), Some(owners)) = (&self.snapshot, &self.owners) else {
+            return Ok(Vec::new());
+        };
+        let claim = snap.claim(&self.instance_id, |owner| owners.is_dead(owner))?;
+        let mut loaded: Vec<(String, Record)> = {
+            let mut st = self.lock();
+            claim
+                .records
+                .into_iter()
+                .filter_map(|d| st.adopt(d))
+                .collect()
+        };
+        for owner in &claim.dead_owners {
+            owners.remove(owner);
+        }
+        loaded.sort_by(|(a_id, a), (b_id, b)| {
+            (a.info.created_us, a_id).cmp(&(b.info.created_us, b_id))
+        });
+        Ok(loaded)
+    }
+
+    /// Deletes finished records that ended before `end_before_us` from the file, then from
+    /// memory (so a failed file write leaves memory unchanged); returns both counts.
+    pub(crate) fn delete_finished_before(&self, end_before_us: i64) -> CoreResult<(usize, usize)> {
+        let _serial = self.lock_file_ops();
+        let in_memory = self.lock().finished_before(end_before_us);
+        let rows = match &self.snapshot {
+            Some(snap) => {
+                // Their rows go whatever they say: a journaled record's row may still be
+                // unfinished until the next flush.
+                let ids: Vec<UuidText> = in_memory.iter().map(|&id| UuidText::new(id)).collect();
+                let mut doomed = vec![Doomed::EndedBefore(end_before_us)];
+                doomed.extend(ids.iter().map(|t| Doomed::Id(t.as_str())));
+                snap.delete(&doomed)?
+            }
+            None => Vec::new(),
+        };
+        let removed = self.lock().remove_deleted(&in_memory, &rows);
+        Ok((removed, rows.len()))
+    }
+
+    /// Deletes one finished record from the file and memory; false when it is unknown or
+    /// not finished.
+    pub(crate) fn delete(&self, task_id: &str) -> CoreResult<bool> {
+        let _serial = self.lock_file_ops();
+        let id = parse_uuid(task_id);
+        let finished_in_memory = id.and_then(|id| {
+            let st = self.lock();
+            st.records.get(&id).map(|e| e.record.status().is_finished())
+        });
+        if finished_in_memory == Some(false) {
+            return Ok(false);
+        }
+        let rows = match &self.snapshot {
+            Some(snap) => snap.delete(&[if finished_in_memory.is_some() {
+                Doomed::Id(task_id)
+            } else {
+                Doomed::FinishedId(task_id)
+            }])?,
+            None => Vec::new(),
+        };
+        let ids: Vec<u128> = id
+            .filter(|_| finished_in_memory.is_some())
+            .into_iter()
+            .collect();
+        let removed = self.lock().remove_deleted(&ids, &rows);
+        Ok(removed > 0 || !rows.is_empty())
+    }
+
+    /// Closes the snapshot file and releases the owner lock; later flushes fail, reads see
+    /// memory only, and finished records leave memory as they would without a file.
     pub(crate) fn close(&self) {
         if let Some(s) = &self.snapshot {
             s.close();
+            if let Some(owners) = &self.owners {
+                owners.release();
+            }
             let mut st = self.lock();
             st.persist = false;
             st.enforce_retention();
@@ -953,6 +1296,14 @@ mod tests {
 
     fn text(id: u128) -> String {
         UuidText::new(id).as_str().to_owned()
+    }
+
+    /// `create` for ids this store made.
+    fn create(s: &TaskStore, t: NewTask<'_>) -> (u128, bool) {
+        match s.create(t).expect("create") {
+            (TaskId::Uuid(id), created) => (id, created),
+            (TaskId::Stored(id), _) => panic!("held by a stored id {id}"),
+        }
     }
 
     fn store(max_history: i64) -> TaskStore {
@@ -971,7 +1322,7 @@ mod tests {
     }
 
     fn run(s: &TaskStore, name: &str, end: &str) -> String {
-        let (id, _) = s.create(NewTask::named(name));
+        let (id, _) = create(s, NewTask::named(name));
         let id = text(id);
         assert!(s
             .transition(&id, "running", Change::default())
@@ -1006,11 +1357,14 @@ mod tests {
     #[test]
     fn lifecycle_and_events() {
         let s = store(100);
-        let (id, created) = s.create(NewTask {
-            tags: Some(Arc::from(vec![("a".into(), "1".into())])),
-            priority: Some(3),
-            ..NewTask::named("f")
-        });
+        let (id, created) = create(
+            &s,
+            NewTask {
+                tags: Some(Arc::from(vec![("a".into(), "1".into())])),
+                priority: Some(3),
+                ..NewTask::named("f")
+            },
+        );
         assert!(created);
         let id = text(id);
         assert_eq!(s.last_seq(), 1);
@@ -1076,7 +1430,7 @@ mod tests {
     #[test]
     fn errors_for_unknown_ids_and_statuses() {
         let s = store(10);
-        let (id, _) = s.create(NewTask::named("f"));
+        let (id, _) = create(&s, NewTask::named("f"));
         let id = text(id);
         assert!(matches!(
             s.transition(&id, "done", Change::default()),
@@ -1121,7 +1475,7 @@ mod tests {
     #[test]
     fn cancel_before_start_has_no_duration() {
         let s = store(10);
-        let (id, _) = s.create(NewTask::named("f"));
+        let (id, _) = create(&s, NewTask::named("f"));
         let id = text(id);
         assert!(s
             .transition(&id, "cancelled", Change::default())
@@ -1143,7 +1497,7 @@ mod tests {
     #[test]
     fn requeue_keeps_first_start() {
         let s = store(10);
-        let (id, _) = s.create(NewTask::named("f"));
+        let (id, _) = create(&s, NewTask::named("f"));
         let id = text(id);
         s.transition(&id, "running", Change::default())
             .expect("run");
@@ -1164,18 +1518,18 @@ mod tests {
             idempotency_key: Some(k),
             ..NewTask::named("f")
         };
-        let (a, fresh) = s.create(with_key("k"));
+        let (a, fresh) = create(&s, with_key("k"));
         assert!(fresh);
-        assert_eq!(s.create(with_key("k")), (a, false));
+        assert_eq!(create(&s, with_key("k")), (a, false));
         let a = text(a);
         s.transition(&a, "running", Change::default()).expect("run");
         s.transition(&a, "success", Change::default()).expect("ok");
-        assert!(!s.create(with_key("k")).1, "success holds the key");
-        let (b, fresh) = s.create(with_key("k2"));
+        assert!(!create(&s, with_key("k")).1, "success holds the key");
+        let (b, fresh) = create(&s, with_key("k2"));
         assert!(fresh);
         s.transition(&text(b), "rejected", Change::default())
             .expect("reject");
-        let (c, fresh) = s.create(with_key("k2"));
+        let (c, fresh) = create(&s, with_key("k2"));
         assert!(fresh && c != b, "rejected frees the key");
         assert_eq!(s.last_seq(), 6);
     }
@@ -1190,7 +1544,7 @@ mod tests {
             },
         )
         .expect("open");
-        let (id, _) = s.create(NewTask::named("f"));
+        let (id, _) = create(&s, NewTask::named("f"));
         let id = text(id);
         for i in 0..5 {
             s.append_log(&id, &format!("line {i}")).expect("log");
@@ -1213,7 +1567,7 @@ mod tests {
         assert_eq!(s.memory_len(), 2);
         assert!(s.get(&ids[0]).expect("get").is_none());
         assert!(s.get(&ids[4]).expect("get").is_some());
-        let (live, _) = s.create(NewTask::named("g"));
+        let (live, _) = create(&s, NewTask::named("g"));
         assert_eq!(s.memory_len(), 3);
         assert_eq!(s.flush().expect("flush"), 0);
         let m = s.metrics();
@@ -1326,8 +1680,8 @@ mod tests {
     #[test]
     fn retention_drops_oldest_created_first() {
         let s = store(1);
-        let (a, _) = s.create(NewTask::named("f"));
-        let (b, _) = s.create(NewTask::named("f"));
+        let (a, _) = create(&s, NewTask::named("f"));
+        let (b, _) = create(&s, NewTask::named("f"));
         let (a, b) = (text(a), text(b));
         s.transition(&b, "cancelled", Change::default()).expect("b");
         s.transition(&a, "cancelled", Change::default()).expect("a");
@@ -1338,7 +1692,7 @@ mod tests {
     #[test]
     fn argument_checks() {
         let s = store(10);
-        let (id, _) = s.create(NewTask::named("f"));
+        let (id, _) = create(&s, NewTask::named("f"));
         let id = text(id);
         let neg = Change {
             retries_used: Some(-1),
@@ -1362,7 +1716,7 @@ mod tests {
     #[test]
     fn served_json_follows_changes() {
         let s = store(10);
-        let (id, _) = s.create(NewTask::named("f"));
+        let (id, _) = create(&s, NewTask::named("f"));
         let id = text(id);
         let first = s.get_json(&id).expect("get").expect("found");
         assert_eq!(json(&first)["status"], "pending");
@@ -1394,14 +1748,14 @@ mod tests {
             },
         )
         .expect("open");
-        let (id, _) = s.create(NewTask::named("f"));
+        let (id, _) = create(&s, NewTask::named("f"));
         let id = text(id);
         for line in ["a", "b", "c", "d"] {
             s.append_log(&id, line).expect("log");
         }
         let v = json(&s.get_json(&id).expect("get").expect("found"));
         assert_eq!(v["logs_dropped"], 2);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(17));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(18));
         let (page, _) = s
             .page_json(&PageRequest {
                 limit: 5,
@@ -1418,8 +1772,8 @@ mod tests {
         let s = store(100);
         let mut t = NewTask::named("job");
         t.tags = Some(Arc::from(vec![("env".into(), "prod".into())]));
-        let (prod, _) = s.create(t);
-        s.create(NewTask::named("job"));
+        let (prod, _) = create(&s, t);
+        create(&s, NewTask::named("job"));
         let req = PageRequest {
             tag: Some("env=prod"),
             limit: 10,
@@ -1467,7 +1821,7 @@ mod tests {
         let ids: Vec<String> = (0..10)
             .map(|i| run(&s, if i < 5 { "a" } else { "b" }, "success"))
             .collect();
-        let (live, _) = s.create(NewTask::named("a"));
+        let (live, _) = create(&s, NewTask::named("a"));
         assert_eq!(
             s.memory_len(),
             11,
@@ -1528,6 +1882,11 @@ mod tests {
         let m_before = s.metrics_json();
         s.close();
         assert!(matches!(s.flush(), Err(CoreError::Snapshot(_))));
+        let health = &json(&s.metrics_json())["snapshot"];
+        assert_eq!(
+            health["failed_writes"], 0,
+            "a closed file is no failed write"
+        );
 
         // Reopen: metrics come back from disk, no record is loaded.
         let s2 = db_store(&path, 3);
@@ -1557,7 +1916,439 @@ mod tests {
         let conn = rusqlite::Connection::open(&path).expect("conn");
         conn.execute_batch("DROP TABLE task_history").expect("drop");
         drop(conn);
+        let before = json(&s.metrics_json())["snapshot"].clone();
+        assert_eq!(before["ok"], true);
+        assert_eq!(before["unwritten"], 2);
+        assert!(before["last_write_at"].is_null());
         assert!(matches!(s.flush(), Err(CoreError::Snapshot(m)) if m.contains(&path)));
         assert_eq!(s.memory_len(), 2, "unwritten records stay in memory");
+        let failed = json(&s.metrics_json())["snapshot"].clone();
+        assert_eq!(failed["ok"], false);
+        assert_eq!(failed["failed_writes"], 1);
+        assert_eq!(failed["unwritten"], 2);
+        assert!(failed["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains(&path)));
+        let text = String::from_utf8(s.metrics_prometheus()).expect("utf8");
+        assert!(text.contains("\ntaskflow_snapshot_ok 0\n"));
+        assert!(text.contains("\ntaskflow_snapshot_failed_writes_total 1\n"));
+    }
+
+    fn tmp_db() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("s.db").to_string_lossy().into_owned();
+        (dir, path)
+    }
+
+    fn owner_of(path: &str, task_id: &str) -> Option<String> {
+        let conn = rusqlite::Connection::open(path).expect("conn");
+        conn.query_row(
+            "SELECT owner FROM task_history WHERE task_id = ?1",
+            [task_id],
+            |r| r.get(0),
+        )
+        .expect("row")
+    }
+
+    fn journaled(name: &str) -> NewTask<'_> {
+        NewTask {
+            journal: true,
+            ..NewTask::named(name)
+        }
+    }
+
+    #[test]
+    fn health_after_a_good_flush_and_without_a_file() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        run(&s, "f", "success");
+        s.flush().expect("flush");
+        let h = json(&s.metrics_json())["snapshot"].clone();
+        assert_eq!(
+            (h["ok"].clone(), h["unwritten"].clone()),
+            (true.into(), 0.into())
+        );
+        assert!(h["last_write_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("+00:00")));
+        let mem = store(10);
+        let m = mem.metrics_json();
+        assert!(m.ends_with(b",\"snapshot\":null}"), "the last key");
+        assert!(!String::from_utf8(mem.metrics_prometheus())
+            .expect("utf8")
+            .contains("taskflow_snapshot"));
+    }
+
+    #[test]
+    fn ttl_is_checked_and_rounded_like_python() {
+        for bad in [0.0, -1.0, f64::NAN] {
+            let cfg = StoreConfig {
+                idempotency_ttl: Some(bad),
+                ..Default::default()
+            };
+            assert!(matches!(
+                TaskStore::open(None, cfg),
+                Err(CoreError::InvalidInput(m)) if m.contains("idempotency_ttl")
+            ));
+        }
+        // `now - created < ttl * 1e6` for integer differences.
+        assert_eq!(ttl_micros(1.5).expect("ttl"), 1_500_000);
+        assert_eq!(ttl_micros(1e-9).expect("ttl"), 1);
+        assert_eq!(ttl_micros(f64::INFINITY).expect("ttl"), i64::MAX);
+    }
+
+    #[test]
+    fn idempotency_keys_expire_after_the_ttl() {
+        let s = TaskStore::open(
+            None,
+            StoreConfig {
+                idempotency_ttl: Some(0.001),
+                ..Default::default()
+            },
+        )
+        .expect("open");
+        let keyed = || NewTask {
+            idempotency_key: Some("k"),
+            ..NewTask::named("f")
+        };
+        let (a, _) = create(&s, keyed());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let (b, fresh) = create(&s, keyed());
+        assert!(fresh && a != b, "a's key expired");
+        assert_eq!(create(&s, keyed()), (b, false));
+    }
+
+    #[test]
+    fn idempotency_keys_are_held_from_the_file() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 1);
+        let keyed = |k| NewTask {
+            idempotency_key: Some(k),
+            ..NewTask::named("f")
+        };
+        let (a, _) = create(&s, keyed("k"));
+        let a = text(a);
+        s.transition(&a, "running", Change::default()).expect("run");
+        s.transition(&a, "success", Change::default()).expect("ok");
+        run(&s, "f", "success");
+        s.flush().expect("flush");
+        assert!(s.get_memory(&a).is_none(), "evicted");
+        assert_eq!(
+            s.create(keyed("k")).expect("create"),
+            (TaskId::Stored(a.clone()), false),
+            "held from the file"
+        );
+        // Another store on the file sees a journaled holder of this one.
+        let (j, _) = create(
+            &s,
+            NewTask {
+                journal: true,
+                ..keyed("j")
+            },
+        );
+        s.flush().expect("flush");
+        let other = db_store(&path, 10);
+        assert_eq!(
+            other.create(keyed("j")).expect("create"),
+            (TaskId::Stored(text(j)), false)
+        );
+        // Memory is newer than the file: a failed holder frees the key before its row says so.
+        s.transition(&text(j), "cancelled", Change::default())
+            .expect("cancel");
+        assert!(s.create(keyed("j")).expect("create").1);
+    }
+
+    #[test]
+    fn journal_rows_follow_status_and_retries() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        let (id, _) = create(&s, journaled("f"));
+        let id = text(id);
+        create(&s, NewTask::named("plain"));
+        assert_eq!(json(&s.metrics_json())["snapshot"]["unwritten"], 1);
+        assert_eq!(s.flush().expect("flush"), 1, "only the journaled record");
+        assert_eq!(owner_of(&path, &id).as_deref(), Some(s.instance_id()));
+        assert_eq!(s.flush().expect("flush"), 0);
+        s.transition(&id, "running", Change::default())
+            .expect("run");
+        s.append_log(&id, "a log line alone does not rewrite the row")
+            .expect("log");
+        assert_eq!(s.flush().expect("flush"), 1);
+        let again = |retries| Change {
+            retries_used: retries,
+            ..Change::default()
+        };
+        s.transition(&id, "running", again(None)).expect("same");
+        assert_eq!(s.flush().expect("flush"), 0);
+        s.transition(&id, "running", again(Some(1))).expect("retry");
+        assert_eq!(s.flush().expect("flush"), 1);
+        let stored = s.get_disk(&id).expect("disk").expect("row");
+        assert_eq!(stored.progress.retries_used, 1);
+        assert_eq!(stored.logs.len(), 1);
+        s.transition(&id, "failed", Change::default())
+            .expect("fail");
+        assert_eq!(s.flush().expect("flush"), 1);
+        assert_eq!(owner_of(&path, &id), None, "finished rows have no owner");
+        // Without a file, journal is ignored.
+        let mem = store(10);
+        create(&mem, journaled("f"));
+        assert_eq!(
+            json(&mem.metrics_json())["snapshot"],
+            serde_json::Value::Null
+        );
+        assert_eq!(mem.flush().expect("flush"), 0);
+    }
+
+    #[test]
+    fn new_fields_are_kept_and_served() {
+        let s = store(10);
+        let (id, _) = create(
+            &s,
+            NewTask {
+                encrypted_payload: Some(b"\x01cipher"),
+                retry_of: Some("earlier"),
+                ..NewTask::named("f")
+            },
+        );
+        let id = text(id);
+        let r = s.get(&id).expect("get").expect("found");
+        assert_eq!(
+            r.info.encrypted_payload.as_deref(),
+            Some(&b"\x01cipher"[..])
+        );
+        let v = json(&s.get_json(&id).expect("get").expect("found"));
+        assert_eq!(v["retry_of"], "earlier");
+        assert!(s
+            .get_json(&id)
+            .expect("get")
+            .expect("found")
+            .ends_with(br#""logs_dropped":0,"retry_of":"earlier"}"#));
+    }
+
+    #[test]
+    fn owner_lock_lives_from_open_to_close() {
+        let (d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        let other = db_store(&path, 10);
+        assert_ne!(s.instance_id(), other.instance_id());
+        assert!(parse_uuid(s.instance_id()).is_some());
+        let lock_file = d.path().join("s.db.owners").join(s.instance_id());
+        assert!(lock_file.exists());
+        s.close();
+        assert!(!lock_file.exists());
+        drop(other);
+        assert_eq!(
+            std::fs::read_dir(d.path().join("s.db.owners"))
+                .expect("dir")
+                .count(),
+            0
+        );
+        let mem = TaskStore::open(Some(":memory:"), StoreConfig::default()).expect("open");
+        assert!(mem.claim_orphans().expect("claim").is_empty());
+        assert!(!std::path::Path::new(":memory:.owners").exists());
+    }
+
+    #[test]
+    fn orphans_of_a_closed_store_are_claimed_once() {
+        let (_d, path) = tmp_db();
+        let gone = db_store(&path, 10);
+        let (pending, _) = create(
+            &gone,
+            NewTask {
+                args_json: Some(b"[1]"),
+                encrypted_payload: Some(b"ct"),
+                retry_of: Some("r"),
+                tags: Some(Arc::from(vec![("t".into(), "1".into())])),
+                ..journaled("f")
+            },
+        );
+        let (running, _) = create(&gone, journaled("g"));
+        let (pending, running) = (text(pending), text(running));
+        gone.transition(&running, "running", Change::default())
+            .expect("run");
+        gone.append_log(&running, "started").expect("log");
+        gone.append_log(&running, "retrying").expect("log");
+        gone.transition(
+            &running,
+            "running",
+            Change {
+                retries_used: Some(1),
+                ..Change::default()
+            },
+        )
+        .expect("retry");
+        gone.flush().expect("flush");
+        gone.close();
+
+        let alive = db_store(&path, 10);
+        let (kept, _) = create(&alive, journaled("h"));
+        alive.flush().expect("flush");
+        let s = TaskStore::open(
+            Some(&path),
+            StoreConfig {
+                max_log_lines: 1,
+                ..StoreConfig::default()
+            },
+        )
+        .expect("open");
+        let metrics_before = s.metrics_json();
+        let claimed = s.claim_orphans().expect("claim");
+        let ids: Vec<&str> = claimed.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, [pending.as_str(), running.as_str()], "oldest first");
+        let (_, r) = &claimed[1];
+        assert_eq!(r.status(), Status::Running);
+        assert_eq!(r.progress.retries_used, 1);
+        assert_eq!(
+            (r.logs.len(), r.logs_dropped),
+            (1, 1),
+            "this store's log bound"
+        );
+        let (_, p) = &claimed[0];
+        assert_eq!(p.info.args_json.as_deref(), Some(&b"[1]"[..]));
+        assert_eq!(p.info.encrypted_payload.as_deref(), Some(&b"ct"[..]));
+        assert_eq!(p.info.retry_of.as_deref(), Some("r"));
+        assert!(p.info.tags.is_some());
+        assert_eq!(s.metrics_json(), metrics_before, "open counted them");
+        assert_eq!(s.memory_len(), 2);
+        assert_eq!(owner_of(&path, &pending).as_deref(), Some(s.instance_id()));
+        assert_eq!(
+            owner_of(&path, &text(kept)).as_deref(),
+            Some(alive.instance_id())
+        );
+        assert!(s.claim_orphans().expect("again").is_empty());
+        assert!(
+            alive.claim_orphans().expect("alive").is_empty(),
+            "s is alive"
+        );
+        // A claimed record is journaled: it runs on, and its row follows.
+        s.transition(&running, "pending", Change::default())
+            .expect("requeue");
+        assert_eq!(s.flush().expect("flush"), 1);
+        let row = s
+            .snapshot
+            .as_ref()
+            .and_then(|f| f.get(&running).expect("read"));
+        assert!(row.is_some_and(|r| r.record.status() == Status::Pending));
+    }
+
+    #[test]
+    fn orphans_of_a_crashed_store_and_of_old_versions() {
+        let (d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        let conn = rusqlite::Connection::open(&path).expect("conn");
+        conn.execute_batch(
+            "INSERT INTO task_history(task_id, func_name, status, created_us, owner) VALUES \
+             ('00000000-0000-4000-8000-000000000001', 'f', 'running', 1, '00000000-0000-4000-8000-0000000000cc'), \
+             ('00000000-0000-4000-8000-000000000002', 'f', 'pending', 2, NULL)",
+        )
+        .expect("rows");
+        drop(conn);
+        // A crashed process leaves its lock file, unlocked.
+        let stale = d
+            .path()
+            .join("s.db.owners")
+            .join("00000000-0000-4000-8000-0000000000cc");
+        std::fs::write(&stale, b"").expect("stale");
+        let claimed = s.claim_orphans().expect("claim");
+        assert_eq!(claimed.len(), 2);
+        assert!(!stale.exists(), "a dead owner's lock file goes");
+        assert_eq!(s.memory_len(), 2);
+    }
+
+    #[test]
+    fn delete_finished_before_cleans_memory_file_and_metrics() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 2);
+        let mut tagged = NewTask::named("f");
+        tagged.tags = Some(Arc::from(vec![("t".into(), "1".into())]));
+        let (old, _) = create(&s, tagged);
+        let old = text(old);
+        s.transition(&old, "running", Change::default())
+            .expect("run");
+        s.transition(&old, "failed", Change::default())
+            .expect("fail");
+        for _ in 0..3 {
+            run(&s, "f", "success");
+        }
+        s.flush().expect("flush"); // evicts the oldest two
+                                   // Finished in memory, its unfinished journal row not yet rewritten.
+        let (late, _) = create(&s, journaled("g"));
+        let late = text(late);
+        s.flush().expect("flush");
+        s.transition(&late, "cancelled", Change::default())
+            .expect("cancel");
+        let (live, _) = create(&s, NewTask::named("f"));
+        let cutoff = now_us() + 1;
+        // Memory: two successes and `late`; file: all four first ones and `late`'s row.
+        assert_eq!(s.delete_finished_before(cutoff).expect("delete"), (3, 5));
+        assert_eq!(s.memory_len(), 1);
+        assert!(s.get(&late).expect("get").is_none(), "row gone too");
+        assert!(s.get(&old).expect("get").is_none());
+        let m = json(&s.metrics_json());
+        assert_eq!(
+            (m["total"].clone(), m["pending"].clone()),
+            (1.into(), 1.into())
+        );
+        assert!(m["p50_seconds"].is_null());
+        assert_eq!(m["by_name"].as_object().map(|o| o.len()), Some(1));
+        let conn = rusqlite::Connection::open(&path).expect("conn");
+        let tags: i64 = conn
+            .query_row("SELECT count(*) FROM task_tags", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(tags, 0);
+        drop(conn);
+        // What a reopen counts is what is left.
+        s.flush().expect("flush");
+        let reopened = db_store(&path, 2);
+        assert_eq!(json(&reopened.metrics_json())["total"], 0);
+        assert!(s.get(&text(live)).expect("get").is_some());
+        assert_eq!(s.delete_finished_before(cutoff).expect("again"), (0, 0));
+    }
+
+    #[test]
+    fn delete_one_record() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 1);
+        let first = run(&s, "f", "success");
+        let second = run(&s, "f", "failed");
+        s.flush().expect("flush"); // `first` now only in the file
+        let (live, _) = create(&s, NewTask::named("f"));
+        assert!(!s.delete(&text(live)).expect("live"), "not finished");
+        assert!(!s.delete(&text(new_uuid4())).expect("unknown"));
+        assert!(!s.delete("not-an-id").expect("unknown"));
+        assert!(s.delete(&first).expect("file only"));
+        assert!(s.delete(&second).expect("memory and file"));
+        assert!(!s.delete(&second).expect("gone"));
+        assert!(s.get(&first).expect("get").is_none() && s.get(&second).expect("get").is_none());
+        let m = json(&s.metrics_json());
+        assert_eq!(
+            (
+                m["total"].clone(),
+                m["success"].clone(),
+                m["failed"].clone()
+            ),
+            (1.into(), 0.into(), 0.into())
+        );
+        let mem = store(10);
+        let done = run(&mem, "f", "success");
+        assert!(mem.delete(&done).expect("memory only"));
+        assert_eq!(json(&mem.metrics_json())["total"], 0);
+    }
+
+    #[test]
+    fn a_failed_delete_leaves_memory_unchanged() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        let done = run(&s, "f", "success");
+        let conn = rusqlite::Connection::open(&path).expect("conn");
+        conn.execute_batch("DROP TABLE task_history").expect("drop");
+        drop(conn);
+        assert!(matches!(s.delete(&done), Err(CoreError::Snapshot(m)) if m.contains(&path)));
+        assert!(matches!(
+            s.delete_finished_before(now_us() + 1),
+            Err(CoreError::Snapshot(_))
+        ));
+        assert_eq!(s.memory_len(), 1);
+        assert_eq!(json(&s.metrics_json())["total"], 1);
     }
 }

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::core::json::iso_string;
-use crate::core::record::{Record, Tags, UuidText};
+use crate::core::record::{Record, Tags};
 use crate::core::store::{Change, NewTask, PageRequest, StoreConfig, TaskStore as CoreStore};
 
 /// Task records, their indexes, metrics, the event ring and the snapshot file.
@@ -61,25 +61,35 @@ fn record_dict<'py>(py: Python<'py>, task_id: &str, r: &Record) -> PyResult<Boun
     let bytes = |b: &Option<Arc<[u8]>>| b.as_deref().map(|b| PyBytes::new(py, b));
     d.set_item(intern!(py, "args_json"), bytes(&i.args_json))?;
     d.set_item(intern!(py, "kwargs_json"), bytes(&i.kwargs_json))?;
+    d.set_item(
+        intern!(py, "encrypted_payload"),
+        bytes(&i.encrypted_payload),
+    )?;
     d.set_item(intern!(py, "logs_dropped"), r.logs_dropped)?;
+    d.set_item(intern!(py, "retry_of"), i.retry_of.as_deref())?;
     Ok(d)
 }
 
 #[pymethods]
 impl TaskStore {
     #[new]
-    #[pyo3(signature = (db_path=None, *, max_history=10_000, ring_capacity=65_536, max_log_lines=1_000))]
+    #[pyo3(signature = (
+        db_path=None, *, max_history=10_000, ring_capacity=65_536, max_log_lines=1_000,
+        idempotency_ttl=None
+    ))]
     fn new(
         py: Python<'_>,
         db_path: Option<&str>,
         max_history: i64,
         ring_capacity: i64,
         max_log_lines: i64,
+        idempotency_ttl: Option<f64>,
     ) -> PyResult<TaskStore> {
         let cfg = StoreConfig {
             max_history,
             ring_capacity,
             max_log_lines,
+            idempotency_ttl,
         };
         let inner = py.detach(|| CoreStore::open(db_path, cfg))?;
         Ok(TaskStore { inner })
@@ -88,6 +98,12 @@ impl TaskStore {
     #[getter]
     fn db_path(&self) -> Option<&str> {
         self.inner.db_path()
+    }
+
+    /// A fresh UUID4 text per store: the ``owner`` of this store's journal rows.
+    #[getter]
+    fn instance_id(&self) -> &str {
+        self.inner.instance_id()
     }
 
     /// Sequence number of the newest event in the ring; 0 before the first.
@@ -100,7 +116,8 @@ impl TaskStore {
     /// ``(holder_id, False)`` when the idempotency key is held.
     #[pyo3(signature = (
         func_name, *, queue="default", executor=None, priority=None, source="manual", tags=None,
-        idempotency_key=None, args_json=None, kwargs_json=None
+        idempotency_key=None, args_json=None, kwargs_json=None, encrypted_payload=None,
+        retry_of=None, journal=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn create<'py>(
@@ -115,12 +132,15 @@ impl TaskStore {
         idempotency_key: Option<&str>,
         args_json: Option<&[u8]>,
         kwargs_json: Option<&[u8]>,
+        encrypted_payload: Option<&[u8]>,
+        retry_of: Option<&str>,
+        journal: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let tags = match tags {
             Some(d) => tags_from(d)?,
             None => None,
         };
-        let (id, created) = self.inner.create(NewTask {
+        let task = NewTask {
             func_name,
             queue,
             executor,
@@ -130,12 +150,21 @@ impl TaskStore {
             idempotency_key,
             args_json,
             kwargs_json,
-        });
-        let text = UuidText::new(id);
+            encrypted_payload,
+            retry_of,
+            journal,
+        };
+        // Only a key with a file may read the file; otherwise create is a short step in memory.
+        let (id, created) = if idempotency_key.is_some() && self.inner.has_disk() {
+            py.detach(|| self.inner.create(task))?
+        } else {
+            self.inner.create(task)?
+        };
+        let id = id.with_text(|text| PyString::new(py, text));
         PyTuple::new(
             py,
             [
-                PyString::new(py, text.as_str()).into_any(),
+                id.into_any(),
                 pyo3::types::PyBool::new(py, created).to_owned().into_any(),
             ],
         )
@@ -251,9 +280,35 @@ impl TaskStore {
         Ok((items, missed))
     }
 
-    /// Write every finished record changed since the last flush, in one transaction.
+    /// Write every finished record changed since the last flush and every journaled record
+    /// whose row is out of date, in one transaction.
     fn flush(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(py.detach(|| self.inner.flush())?)
+    }
+
+    /// Take over the unfinished rows of owners that are gone, and load them; their
+    /// ``get()`` dicts, oldest first.
+    fn claim_orphans<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let loaded = py.detach(|| self.inner.claim_orphans())?;
+        let dicts = loaded
+            .iter()
+            .map(|(id, r)| record_dict(py, id, r))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, dicts)
+    }
+
+    /// Delete finished records that ended before ``end_before_us``; ``(from memory, from file)``.
+    fn delete_finished_before(
+        &self,
+        py: Python<'_>,
+        end_before_us: i64,
+    ) -> PyResult<(usize, usize)> {
+        Ok(py.detach(|| self.inner.delete_finished_before(end_before_us))?)
+    }
+
+    /// Delete one finished record from memory and the file; False when unknown or unfinished.
+    fn delete(&self, py: Python<'_>, task_id: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.delete(task_id))?)
     }
 
     /// Number of records held in memory (live and finished).

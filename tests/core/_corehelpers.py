@@ -5,12 +5,16 @@ from __future__ import annotations
 import importlib
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
 from typing import Any
+
+import pytest
 
 #: ``make_store(db_path=None, **options)``, the fixture of conftest.py.
 StoreFactory = Callable[..., Any]
@@ -35,9 +39,17 @@ RECORD_KEYS = [
     "executor",
     "queue",
 ]
-#: get_json(): the 16 keys, then the count of log lines dropped by the per-record bound.
-DETAIL_KEYS = [*RECORD_KEYS, "logs_dropped"]
-GET_KEYS = [*RECORD_KEYS, "idempotency_key", "args_json", "kwargs_json", "logs_dropped"]
+#: get_json(): the 16 keys, then the count of log lines dropped by the per-record bound and the id retried.
+DETAIL_KEYS = [*RECORD_KEYS, "logs_dropped", "retry_of"]
+GET_KEYS = [
+    *RECORD_KEYS,
+    "idempotency_key",
+    "args_json",
+    "kwargs_json",
+    "encrypted_payload",
+    "logs_dropped",
+    "retry_of",
+]
 EVENT_TASK_KEYS = [k for k in RECORD_KEYS if k != "logs"]
 COUNT_KEYS = ["total", "pending", "running", "success", "failed", "interrupted", "cancelled", "rejected"]
 AGG_KEYS = [*COUNT_KEYS, "success_rate", "avg_duration_seconds", "p50_seconds", "p95_seconds", "p99_seconds"]
@@ -59,9 +71,56 @@ def load_core(name: str) -> ModuleType | None:
             return None
 
 
+def require_cores(*names: str) -> list[Any]:
+    """The named core modules; fails the test when one cannot be imported."""
+    modules = [load_core(name) for name in names]
+    for name, module in zip(names, modules, strict=True):
+        if module is None:
+            pytest.fail(f"the {name} core cannot be imported; build it with `maturin develop`")
+    return modules
+
+
+_RUN_SQL = """
+import json, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+with conn:
+    rows = [conn.execute(sql, params).fetchall() for sql, params in json.loads(sys.argv[2])]
+conn.close()
+print(json.dumps(rows[-1]))
+"""
+
+
+def run_sql(path: str, *statements: str | tuple[str, tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Run ``statements`` on a snapshot file in one transaction; return the rows of the last (JSON values only).
+
+    In another process: this one may hold the file open through the Rust core, whose SQLite is a copy of
+    its own. Two copies of SQLite in one process do not see each other's POSIX locks, so closing a
+    connection here could checkpoint and delete the WAL that the Rust core is still writing to.
+    """
+    batch = [(s, ()) if isinstance(s, str) else s for s in statements]
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_SQL, path, json.dumps(batch)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [tuple(row) for row in json.loads(done.stdout)]
+
+
+def query(path: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` read straight from a snapshot file (see ``run_sql``)."""
+    return run_sql(path, (sql, params))
+
+
+def stored(path: str) -> dict[str, tuple[str, str | None]]:
+    """``task_id -> (status, owner)`` of every row in a snapshot file."""
+    return {
+        task_id: (status, owner)
+        for task_id, status, owner in query(path, "SELECT task_id, status, owner FROM task_history")
+    }
+
+
 def listed_form(detail: dict[str, Any]) -> dict[str, Any]:
-    """A get_json() object as list pages carry it (without ``logs_dropped``)."""
-    return {k: v for k, v in detail.items() if k != "logs_dropped"}
+    """A get_json() object as list pages carry it (the 16 keys)."""
+    return {k: v for k, v in detail.items() if k in RECORD_KEYS}
 
 
 def loads(data: bytes) -> Any:
@@ -124,7 +183,8 @@ def sort_key(record: dict[str, Any]) -> tuple[int, str]:
 
 
 def insert_rows(path: str, rows: list[dict[str, Any]]) -> None:
-    """Write history rows straight into a snapshot file (its schema must already exist)."""
+    """Write history rows straight into a snapshot file (its schema must already exist, and no store of the
+    Rust core may have it open: see ``run_sql``)."""
     defaults: dict[str, Any] = {
         "start_us": None,
         "end_us": None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -75,6 +76,8 @@ class Differential(RuleBasedStateMachine):
     def norm_task(self, core: str, task: dict[str, Any]) -> dict[str, Any]:
         out = dict(task)
         out["task_id"] = self.norm_id(core, task["task_id"])
+        if task.get("retry_of") is not None:
+            out["retry_of"] = self.norm_id(core, task["retry_of"])
         for key in TIME_KEYS:
             out[key] = task[key] is not None
         return out
@@ -95,8 +98,16 @@ class Differential(RuleBasedStateMachine):
             out["has_durations"] = obj["p50_seconds"] is not None
             return out
 
-        out = scope({k: v for k, v in metrics.items() if k != "by_name"})
+        out = scope({k: v for k, v in metrics.items() if k not in ("by_name", "snapshot")})
         out["by_name"] = [(name, scope(value)) for name, value in metrics["by_name"].items()]
+        health = metrics["snapshot"]
+        if health is not None:  # the message and the time differ between cores; whether they are set does not
+            health = {
+                **health,
+                "last_error": health["last_error"] is not None,
+                "last_write_at": bool(health["last_write_at"]),
+            }
+        out["snapshot"] = health
         return out
 
     def pick(self, i: int) -> dict[str, str]:
@@ -130,6 +141,9 @@ class Differential(RuleBasedStateMachine):
         priority=st.none() | st.integers(-3, 3),
         executor=st.none() | st.sampled_from(["thread", "async"]),
         args=st.none() | st.binary(max_size=4),
+        encrypted=st.none() | st.binary(max_size=4),
+        retry=st.none() | st.integers(0, 10_000),
+        journal=st.booleans(),
     )
     def create(
         self,
@@ -139,16 +153,26 @@ class Differential(RuleBasedStateMachine):
         priority: int | None,
         executor: str | None,
         args: bytes | None,
+        encrypted: bytes | None,
+        retry: int | None,
+        journal: bool,
     ) -> None:
-        results = self.both(
-            "create",
-            func_name,
-            tags=tags or None,
-            idempotency_key=key,
-            priority=priority,
-            executor=executor,
-            args_json=args,
-        )
+        retry_of = self.pick(retry) if retry is not None and self.ids["rust"] else {}
+        results = {
+            core: call(
+                store.create,
+                func_name,
+                tags=tags or None,
+                idempotency_key=key,
+                priority=priority,
+                executor=executor,
+                args_json=args,
+                encrypted_payload=encrypted,
+                retry_of=retry_of.get(core),
+                journal=journal,
+            )
+            for core, store in self.stores.items()
+        }
         normalised = {}
         for core, (kind, value) in results.items():
             assert kind == "ok", results
@@ -185,6 +209,7 @@ class Differential(RuleBasedStateMachine):
                 for core in self.stores
             }
         )
+        wait_for_next_microsecond()  # end times in the same order in both cores (deletion by end time)
 
     @rule(status=st.sampled_from(STATUSES))
     def transition_unknown_id(self, status: str) -> None:
@@ -199,6 +224,39 @@ class Differential(RuleBasedStateMachine):
     @rule()
     def flush(self) -> None:
         self.same(self.both("flush"))
+
+    @rule()
+    def claim_orphans(self) -> None:
+        self.same(
+            {
+                core: [self.norm_task(core, record) for record in store.claim_orphans()]
+                for core, store in self.stores.items()
+            }
+        )
+
+    @precondition(lambda self: self.ids["rust"])
+    @rule(i=st.integers(0, 10_000))
+    def delete(self, i: int) -> None:
+        ids = self.pick(i)
+        self.same({core: call(self.stores[core].delete, ids[core]) for core in self.stores})
+
+    @rule(before=st.sampled_from(["nothing", "everything", "a record's end"]), i=st.integers(0, 10_000))
+    def delete_finished_before(self, before: str, i: int) -> None:
+        if before == "nothing":
+            cutoffs = dict.fromkeys(self.stores, 0)
+        elif before == "everything":
+            wait_for_next_microsecond()
+            cutoffs = dict.fromkeys(self.stores, time.time_ns() // 1000)
+        else:
+            if not self.ids["rust"]:
+                return
+            ids = self.pick(i)
+            ends = {core: (self.stores[core].get(ids[core]) or {}).get("end_time") for core in self.stores}
+            self.same({core: end is None for core, end in ends.items()})
+            if ends["rust"] is None:
+                return
+            cutoffs = {core: iso_to_us(end) for core, end in ends.items()}
+        self.same({core: call(store.delete_finished_before, cutoffs[core]) for core, store in self.stores.items()})
 
     @precondition(lambda self: self.options.get("use_db"))
     @rule()

@@ -36,7 +36,7 @@ def test_event_shapes_and_order(make_store: StoreFactory) -> None:
     assert log == {"seq": 3, "type": "log", "task_id": task_id, "line": "hello"}
     assert list(log) == ["seq", "type", "task_id", "line"]
     final = loads(store.get_json(task_id))
-    assert success["task"] == {k: v for k, v in final.items() if k not in ("logs", "logs_dropped")}
+    assert success["task"] == {k: v for k, v in final.items() if k not in ("logs", "logs_dropped", "retry_of")}
 
 
 def test_events_record_the_state_at_the_time(make_store: StoreFactory) -> None:

@@ -57,18 +57,3 @@ def test_evicted_holder_frees_its_key(make_store: StoreFactory) -> None:
     assert store.get(first) is None
     second, created = store.create("f", idempotency_key="k")
     assert created and second != first
-
-
-def test_evicted_holder_on_disk_frees_its_key(make_store: StoreFactory, db_path: str) -> None:
-    store = make_store(db_path, max_history=1)
-    first, _ = store.create("f", idempotency_key="k")
-    drive(store, first, "success")
-    wait_for_next_microsecond()
-    other, _ = store.create("g")
-    drive(store, other, "success")
-    assert store.create("f", idempotency_key="k") == (first, False)  # still in memory until the flush
-    assert store.flush() == 2
-    assert store.memory_len() == 1
-    assert store.get(first)["status"] == "success"  # listed from disk
-    second, created = store.create("f", idempotency_key="k")
-    assert created and second != first

@@ -42,7 +42,8 @@ def with_durations(make_store: StoreFactory, db_path: str, rows: list[tuple[str,
 
 def test_empty(make_store: StoreFactory) -> None:
     metrics = loads(make_store().metrics_json())
-    assert list(metrics) == [*AGG_KEYS, "by_name"]
+    assert list(metrics) == [*AGG_KEYS, "by_name", "snapshot"]
+    assert metrics["snapshot"] is None  # no file
     assert all(metrics[k] == 0 for k in COUNT_KEYS)
     assert metrics["success_rate"] == 0.0
     assert metrics["avg_duration_seconds"] == 0.0

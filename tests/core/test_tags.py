@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from _corehelpers import StoreFactory, all_pages, drive, loads, sort_key, wait_for_next_microsecond
+from _corehelpers import StoreFactory, all_pages, drive, loads, query, sort_key, wait_for_next_microsecond
 
 from fastapi_taskflow._pycore.snapshot import MIGRATIONS
 
@@ -97,8 +97,4 @@ def test_version_1_file_gets_its_tags_backfilled(make_store: StoreFactory, db_pa
     assert [r["task_id"] for r in all_pages(store, 1, tag="env=dev")] == ["t1"]
     assert [r["task_id"] for r in all_pages(store, 1, tag="k=v")] == ["t0"]
     assert loads(store.get_json("t0"))["logs_dropped"] == 0  # the column v2 adds, defaulted
-    conn = sqlite3.connect(db_path)
-    try:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
-    finally:
-        conn.close()
+    assert query(db_path, "SELECT version FROM schema_version") == [(3,)]

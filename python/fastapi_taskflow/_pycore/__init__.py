@@ -7,9 +7,9 @@ differential tests and benchmarks as the yardstick for the Rust core.
 
 from __future__ import annotations
 
-from .snapshot import SnapshotError
+from .snapshot import CorruptSnapshotError, SnapshotError
 from .statuses import STATUSES
 from .store import TaskStore
 from .version import __version__
 
-__all__ = ["STATUSES", "SnapshotError", "TaskStore", "__version__"]
+__all__ = ["STATUSES", "CorruptSnapshotError", "SnapshotError", "TaskStore", "__version__"]

@@ -40,6 +40,23 @@ class Histogram:
         self.count += 1
         self.total += seconds
 
+    def forget(self, seconds: float) -> None:
+        """Undo ``observe`` for a deleted record.
+
+        Min and max cannot be undone: they stay until no duration is left, so a percentile may
+        clamp to a bound a deleted record set (it stays within its bucket). Twin: ``forget_duration``
+        in ``metrics.rs``.
+        """
+        i = bisect_left(BOUNDS, seconds)
+        if self.buckets[i] == 0:
+            return  # never counted here (written by another store after this one opened)
+        self.buckets[i] -= 1
+        self.count -= 1
+        if self.count == 0:
+            self.total = self.lo = self.hi = 0.0
+        else:
+            self.total -= seconds
+
     def average(self) -> float:
         return round(self.total / self.count, 6) if self.count else 0.0
 
@@ -101,10 +118,15 @@ class Metrics:
         return agg
 
     def moved(self, agg: Aggregate, old: str, new: str) -> None:
-        agg.counts[old] -= 1
-        agg.counts[new] += 1
+        # Never below zero (as ``metrics.rs``): a record claimed from the file may have been
+        # written after this store opened, and then was never counted.
+        counts = agg.counts
+        n = counts[old]
+        counts[old] = n - 1 if n else 0
+        counts[new] += 1
         counts = self.all.counts
-        counts[old] -= 1
+        n = counts[old]
+        counts[old] = n - 1 if n else 0
         counts[new] += 1
 
     def finished_after(self, agg: Aggregate, seconds: float) -> None:
@@ -113,9 +135,7 @@ class Metrics:
 
     def load(self, func_name: str, status: str, start_us: int | None, end_us: int | None) -> None:
         """Count one record read from the snapshot file when the store opens."""
-        agg = self.by_name.get(func_name)
-        if agg is None:
-            agg = self.by_name[func_name] = Aggregate()
+        agg = self.aggregate(func_name)
         for a in (agg, self.all):
             a.total += 1
             if status in a.counts:
@@ -123,7 +143,28 @@ class Metrics:
         if status in FINISHED_SET and start_us is not None and end_us is not None:
             self.finished_after(agg, (end_us - start_us) / 1e6)
 
+    def forget(self, func_name: str, status: str, start_us: int | None, end_us: int | None) -> None:
+        """Undo ``load`` for a deleted finished record, as if it had never been seen (what a reopen counts).
+
+        Counts never go below zero: a record another store wrote after this one opened was never counted.
+        """
+        agg = self.by_name.get(func_name)
+        for a in (self.all,) if agg is None else (agg, self.all):
+            a.total = max(0, a.total - 1)
+            a.counts[status] = max(0, a.counts[status] - 1)
+            if start_us is not None and end_us is not None:
+                a.hist.forget((end_us - start_us) / 1e6)
+
+    def aggregate(self, func_name: str) -> Aggregate:
+        """The name's aggregate, for a record already counted (one claimed from the file)."""
+        agg = self.by_name.get(func_name)
+        if agg is None:
+            agg = self.by_name[func_name] = Aggregate()
+        return agg
+
     def to_obj(self) -> dict[str, object]:
+        """The figures of everything, then of each name that still counts a record, sorted by name."""
         obj = self.all.to_obj()
-        obj["by_name"] = {name: self.by_name[name].to_obj() for name in sorted(self.by_name)}
+        by_name = self.by_name
+        obj["by_name"] = {name: by_name[name].to_obj() for name in sorted(by_name) if by_name[name].total}
         return obj

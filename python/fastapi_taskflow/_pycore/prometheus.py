@@ -29,8 +29,11 @@ def _family(out: list[str], name: str, kind: str, help_text: str, unit: str | No
         out.append(f"# UNIT {name} {unit}\n")
 
 
-def render(groups: list[tuple[str, Aggregate]], queues: list[tuple[str, int]]) -> bytes:
-    """The exposition of per-name groups (sorted by name) and pending depth per queue (sorted)."""
+def render(
+    groups: list[tuple[str, Aggregate]], queues: list[tuple[str, int]], health: tuple[bool, int, int] | None
+) -> bytes:
+    """The exposition of per-name groups (sorted by name), pending depth per queue (sorted) and,
+    with a snapshot file, its health as ``(ok, unwritten, failed_writes)``."""
     out: list[str] = []
     labelled = [(_label(name), agg) for name, agg in groups]
     _family(out, "taskflow_tasks_created", "counter", "Tasks created, by function name.")
@@ -61,5 +64,18 @@ def render(groups: list[tuple[str, Aggregate]], queues: list[tuple[str, int]]) -
     _family(out, "taskflow_queue_depth", "gauge", "Pending tasks per queue.")
     for queue, depth in queues:
         out.append(f"taskflow_queue_depth{{queue={_label(queue)}}} {depth}\n")
+    if health is not None:
+        ok, unwritten, failed_writes = health
+        _family(out, "taskflow_snapshot_ok", "gauge", "Whether the last snapshot write succeeded (1) or failed (0).")
+        out.append(f"taskflow_snapshot_ok {int(ok)}\n")
+        _family(out, "taskflow_snapshot_unwritten", "gauge", "Records waiting to be written to the snapshot file.")
+        out.append(f"taskflow_snapshot_unwritten {unwritten}\n")
+        _family(
+            out,
+            "taskflow_snapshot_failed_writes",
+            "counter",
+            "Snapshot writes that failed since the file was opened.",
+        )
+        out.append(f"taskflow_snapshot_failed_writes_total {failed_writes}\n")
     out.append("# EOF\n")
     return "".join(out).encode()

@@ -17,7 +17,7 @@ Key = tuple[int, str]
 #: Columns of ``task_history`` in the order of ``Record.to_row`` (see ``snapshot.py``).
 Row = tuple[
     str, str, str, int, int | None, int | None, int, str | None, str | None, str, str, str,
-    int | None, str | None, str, str | None, bytes | None, bytes | None, int,
+    int | None, str | None, str, str | None, bytes | None, bytes | None, int, str | None, bytes | None, str | None,
 ]  # fmt: skip
 
 
@@ -29,8 +29,12 @@ def _duration(start_us: int | None, end_us: int | None) -> float | None:
     return None if start_us is None or end_us is None else (end_us - start_us) / 1e6
 
 
-#: ``(record, logs, tags, logs_dropped)`` as copied under the store's lock for ``Record.to_row``.
-RowParts = tuple["Record", tuple[str, ...], "dict[str, str] | None", int]
+#: A ``Row`` with ``logs`` and ``tags`` not yet encoded as JSON: what ``Record.row_parts`` copies under the
+#: store's lock, for ``Record.to_row`` outside it.
+RowParts = tuple[
+    str, str, str, int, int | None, int | None, int, str | None, str | None, tuple[str, ...], "dict[str, str] | None",
+    str, int | None, str | None, str, str | None, bytes | None, bytes | None, int, str | None, bytes | None, str | None,
+]  # fmt: skip
 
 
 class Record:
@@ -41,11 +45,13 @@ class Record:
         "args_json",
         "cache",
         "created_us",
+        "encrypted_payload",
         "end_us",
         "error",
         "executor",
         "func_name",
         "idempotency_key",
+        "journal",
         "key",
         "kwargs_json",
         "logs",
@@ -53,6 +59,7 @@ class Record:
         "priority",
         "queue",
         "retries_used",
+        "retry_of",
         "source",
         "stacktrace",
         "start_us",
@@ -80,6 +87,8 @@ class Record:
         idempotency_key: str | None,
         args_json: bytes | None,
         kwargs_json: bytes | None,
+        encrypted_payload: bytes | None,
+        retry_of: str | None,
     ) -> None:
         self.task_id = task_id
         self.func_name = func_name
@@ -102,6 +111,10 @@ class Record:
         self.idempotency_key = idempotency_key
         self.args_json = args_json
         self.kwargs_json = kwargs_json
+        self.encrypted_payload = encrypted_payload
+        self.retry_of = retry_of
+        #: In the journal: written unfinished, with this store as owner (see ``_core.pyi``).
+        self.journal = False
         self.agg = None
         self.cache = None
 
@@ -135,50 +148,65 @@ class Record:
         return data
 
     def detail_json(self) -> bytes:
-        """The detail JSON: the 16-key object followed by ``"logs_dropped"``."""
-        return self.to_json()[:-1] + b',"logs_dropped":' + str(self.logs_dropped).encode() + b"}"
+        """The detail JSON: the 16-key object followed by ``"logs_dropped"`` and ``"retry_of"``."""
+        return (
+            self.to_json()[:-1]
+            + b',"logs_dropped":'
+            + str(self.logs_dropped).encode()
+            + b',"retry_of":'
+            + dumps(self.retry_of)
+            + b"}"
+        )
 
     def to_dict(self) -> dict[str, object]:
         obj = self.to_obj()
         obj["idempotency_key"] = self.idempotency_key
         obj["args_json"] = self.args_json
         obj["kwargs_json"] = self.kwargs_json
+        obj["encrypted_payload"] = self.encrypted_payload
         obj["logs_dropped"] = self.logs_dropped
+        obj["retry_of"] = self.retry_of
         return obj
 
-    def row_parts(self) -> RowParts:
-        """What ``to_row`` needs, copied while the store's lock is held (logs keep changing)."""
-        return self, () if self.logs is None else tuple(self.logs), self.tags, self.logs_dropped
+    def row_parts(self, owner: str | None) -> RowParts:
+        """The row, copied while the store's lock is held (a journaled record's status and any logs keep changing)."""
+        return (
+            self.task_id,
+            self.func_name,
+            self.status,
+            self.created_us,
+            self.start_us,
+            self.end_us,
+            self.retries_used,
+            self.error,
+            self.stacktrace,
+            () if self.logs is None else tuple(self.logs),
+            self.tags,
+            self.source,
+            self.priority,
+            self.executor,
+            self.queue,
+            self.idempotency_key,
+            self.args_json,
+            self.kwargs_json,
+            self.logs_dropped,
+            owner,
+            self.encrypted_payload,
+            self.retry_of,
+        )
 
     @staticmethod
     def to_row(parts: RowParts) -> Row:
-        r, logs, tags, logs_dropped = parts
-        return (
-            r.task_id,
-            r.func_name,
-            r.status,
-            r.created_us,
-            r.start_us,
-            r.end_us,
-            r.retries_used,
-            r.error,
-            r.stacktrace,
-            dumps(logs).decode(),
-            dumps(tags or {}).decode(),
-            r.source,
-            r.priority,
-            r.executor,
-            r.queue,
-            r.idempotency_key,
-            r.args_json,
-            r.kwargs_json,
-            logs_dropped,
-        )
+        """The row with logs and tags encoded (done outside the store's lock: it is the costly part)."""
+        return (*parts[:9], dumps(parts[9]).decode(), dumps(parts[10] or {}).decode(), *parts[11:])
 
     @classmethod
     def from_row(cls, row: Row) -> Record:
-        """A detached record read from the snapshot file (no indexes, no metrics)."""
-        rec = cls(row[0], row[1], row[2], row[3], row[14], row[13], row[12], row[11], None, row[15], row[16], row[17])
+        """A detached record read from the snapshot file (no indexes, no metrics, not journaled)."""
+        rec = cls(
+            row[0], row[1], row[2], row[3], row[14], row[13], row[12], row[11], None, row[15], row[16], row[17],
+            row[20], row[21],
+        )  # fmt: skip
         rec.start_us = row[4]
         rec.end_us = row[5]
         rec.retries_used = row[6]

@@ -1,4 +1,4 @@
-"""The SQLite snapshot file: schema and migrations, history flush, page and record reads.
+"""The SQLite snapshot file: schema and migrations, history flush, page and record reads, orphan claims, deletions.
 
 The file format is shared with ``snapshot.rs`` in the Rust core: either core opens a
 file the other wrote. Change the schema only by appending to ``MIGRATIONS``.
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from .record import Key, Row
+from .statuses import FINISHED
 
 
 class SnapshotError(RuntimeError):
@@ -21,7 +23,14 @@ class SnapshotError(RuntimeError):
     """
 
 
-SnapshotError.__module__ = "fastapi_taskflow._pycore"
+class CorruptSnapshotError(SnapshotError):
+    """The file exists but is not a usable SQLite database (damaged, or not SQLite at all).
+
+    Raised by ``TaskStore(db_path)`` only; the message names the file and the fix.
+    """
+
+
+SnapshotError.__module__ = CorruptSnapshotError.__module__ = "fastapi_taskflow._pycore"
 
 #: Statements of schema version i + 1, each list applied in one transaction.
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -44,6 +53,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " THEN h.tags_json ELSE '{}' END) AS j"
         " WHERE j.type = 'text'",
         "ALTER TABLE task_history ADD COLUMN logs_dropped INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "ALTER TABLE task_history ADD COLUMN owner TEXT",
+        "ALTER TABLE task_history ADD COLUMN encrypted_payload BLOB",
+        "ALTER TABLE task_history ADD COLUMN retry_of TEXT",
+        "CREATE INDEX task_history_owner ON task_history(owner) WHERE owner IS NOT NULL",
+        "CREATE INDEX task_history_idempotency ON task_history(idempotency_key, created_us)"
+        " WHERE idempotency_key IS NOT NULL",
+        "CREATE INDEX task_history_end ON task_history(end_us) WHERE end_us IS NOT NULL",
     ),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
@@ -68,6 +86,9 @@ COLUMNS: Final[tuple[str, ...]] = (
     "args_json",
     "kwargs_json",
     "logs_dropped",
+    "owner",
+    "encrypted_payload",
+    "retry_of",
 )
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM task_history"
 _H_COLUMNS = ", ".join(f"h.{c}" for c in COLUMNS)
@@ -75,17 +96,42 @@ _H_COLUMNS = ", ".join(f"h.{c}" for c in COLUMNS)
 #: ignoring duplicates replaces the delete (which, keyed by tag, would scan the table). Twin of
 #: ``INSERT_TAG`` in ``snapshot.rs``.
 _INSERT_TAG = "INSERT OR IGNORE INTO task_tags (task_id, key, value, created_us) VALUES (?, ?, ?, ?)"
+_FINISHED_SQL = "(" + ", ".join(f"'{status}'" for status in FINISHED) + ")"
+#: The tags of one stored record, found through its ``tags_json`` (read as migration 2 reads it),
+#: so that each delete is a primary key lookup on ``task_tags``.
+_DELETE_TAGS = (
+    "DELETE FROM task_tags WHERE task_id = ?1 AND (key, value, created_us) IN"
+    " (SELECT j.key, j.value, h.created_us FROM task_history AS h,"
+    " json_each(CASE WHEN json_valid(h.tags_json) AND json_type(h.tags_json) = 'object'"
+    " THEN h.tags_json ELSE '{}' END) AS j"
+    " WHERE h.task_id = ?1 AND j.type = 'text')"
+)
+#: ``(task_id, func_name, status, start_us, end_us)``: what the metrics need of a deleted row.
+DeletedRow = tuple[str, str, str, int | None, int | None]
+_DELETED = "SELECT task_id, func_name, status, start_us, end_us FROM task_history"
 _UPSERT = (
     f"INSERT INTO task_history ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     f" ON CONFLICT(task_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
 )
 
 
-def _open_error(path: str, exc: sqlite3.Error) -> SnapshotError:
+def _is_corrupt(exc: sqlite3.Error) -> bool:
     text = str(exc)
-    if "not a database" in text:
-        hint = "file is not a SQLite database; move it aside or delete it to start with an empty history"
-    elif "readonly" in text or "read-only" in text:
+    return "not a database" in text or "malformed" in text
+
+
+def _corrupt(path: str, exc: sqlite3.Error) -> CorruptSnapshotError:
+    return CorruptSnapshotError(
+        f"{path}: the file is damaged or not a SQLite database ({exc}); restore it from a backup,"
+        " or move it aside to start with an empty history"
+    )
+
+
+def _open_error(path: str, exc: sqlite3.Error) -> SnapshotError:
+    if _is_corrupt(exc):
+        return _corrupt(path, exc)
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
         hint = f"the file is read-only ({text}); make it and its directory writable, or choose another path"
     elif "unable to open" in text:
         hint = f"cannot open the file ({text}); check that its directory exists and is writable"
@@ -164,24 +210,68 @@ class SnapshotDb:
     def closed(self) -> bool:
         return self._conn is None
 
+    @contextmanager
+    def _transaction(self, doing: str, outcome: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a failure rolls it back and becomes a ``SnapshotError``. The caller holds ``lock``."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise SnapshotError(f"{self.path}: cannot {doing} ({exc}); {outcome}") from exc
+            raise
+
     def write_locked(self, rows: Iterable[Row], tags: Iterable[tuple[str, str, str, int]] = ()) -> None:
         """Upsert ``rows`` and insert their ``(task_id, key, value, created_us)`` tags in one transaction.
 
         The caller holds ``lock``.
         """
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_UPSERT, rows)
-            conn.executemany(_INSERT_TAG, tags)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise SnapshotError(
-                f"{self.path}: cannot write task history ({exc}); the records stay in memory"
-                " and the next flush retries them"
-            ) from exc
+        with self._transaction("write task history", "the records stay in memory and the next flush retries them") as c:
+            c.executemany(_UPSERT, rows)
+            c.executemany(_INSERT_TAG, tags)
+
+    def claim_locked(self, instance_id: str, take: Callable[[Row], bool]) -> list[Row]:
+        """Give ``instance_id`` the unfinished rows of other owners that ``take`` accepts; return them oldest first.
+
+        One ``BEGIN IMMEDIATE`` transaction, so that two stores on one file never both take a row.
+        The caller holds ``lock``.
+        """
+        with self._transaction("claim orphaned tasks", "nothing was claimed") as c:
+            rows: list[Row] = [
+                row
+                for row in c.execute(
+                    _SELECT + " WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner <> ?)"
+                    " ORDER BY created_us, task_id",
+                    (instance_id,),
+                )
+                if take(row)
+            ]
+            c.executemany("UPDATE task_history SET owner = ? WHERE task_id = ?", [(instance_id, r[0]) for r in rows])
+        return rows
+
+    def delete_locked(
+        self, ids: Iterable[str], *, ended_before: int | None = None, finished_only: bool = False
+    ) -> list[DeletedRow]:
+        """Delete, with their tags, the rows of ``ids`` (only finished ones with ``finished_only``) and, with
+        ``ended_before``, every finished row that ended before it. Returns the rows deleted. The caller holds ``lock``.
+        """
+        with self._transaction("delete task history", "nothing was deleted") as c:
+            found: dict[str, DeletedRow] = {}
+            if ended_before is not None:
+                sql = _DELETED + f" INDEXED BY task_history_end WHERE end_us < ? AND status IN {_FINISHED_SQL}"
+                found.update((row[0], row) for row in c.execute(sql, (ended_before,)))
+            by_id = _DELETED + " WHERE task_id = ?" + (f" AND status IN {_FINISHED_SQL}" if finished_only else "")
+            for task_id in ids:
+                row = c.execute(by_id, (task_id,)).fetchone()
+                if row is not None:
+                    found[task_id] = row
+            c.executemany(_DELETE_TAGS, [(task_id,) for task_id in found])
+            c.executemany("DELETE FROM task_history WHERE task_id = ?", [(task_id,) for task_id in found])
+        return list(found.values())
 
     def _read(self, sql: str, params: tuple[object, ...]) -> list[Row]:
         with self.lock:
@@ -232,7 +322,17 @@ class SnapshotDb:
         rows = self._read(_SELECT + " WHERE task_id = ?", (task_id,))
         return rows[0] if rows else None
 
+    def key_holders(self, key: str, created_after: float) -> list[str]:
+        """Ids of the stored records holding idempotency ``key`` (pending, running or success and created
+        after ``created_after``), newest first: an indexed read."""
+        sql = (
+            "SELECT task_id FROM task_history WHERE idempotency_key = ? AND created_us > ?"
+            " AND status IN ('pending', 'running', 'success') ORDER BY created_us DESC"
+        )
+        return [row[0] for row in self._read(sql, (key, created_after))]
+
     def metric_rows(self) -> list[tuple[str, str, int | None, int | None]]:
+        """Every stored record's name, status and times, read at open (a damaged file shows here first)."""
         with self.lock:
             conn = self._connection()
             try:
@@ -240,6 +340,8 @@ class SnapshotDb:
                     "SELECT func_name, status, start_us, end_us FROM task_history ORDER BY created_us, task_id"
                 ).fetchall()
             except sqlite3.Error as exc:
+                if _is_corrupt(exc):
+                    raise _corrupt(self.path, exc) from exc
                 raise SnapshotError(f"{self.path}: cannot read task history ({exc})") from exc
 
     def close(self) -> None:

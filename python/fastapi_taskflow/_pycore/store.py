@@ -1,6 +1,7 @@
 """TaskStore: records, their indexes, idempotency keys, retention, metrics, events and the snapshot file.
 
-Lock order: the snapshot lock before the state lock; no disk I/O under the state lock.
+Lock order: the keyed-create lock, then the snapshot lock, then the state lock; no disk I/O
+under the state lock.
 """
 
 from __future__ import annotations
@@ -8,21 +9,28 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from time import time_ns
 
 from .events import Event, event_json
+from .health import SnapshotHealth
 from .ids import new_task_id
 from .index import FinishedQueue, KeyIndex
 from .jsonenc import dumps
 from .metrics import Metrics
+from .owners import OwnerLock, owner_alive, remove_owner_files
 from .prometheus import render as render_prometheus
 from .record import Key, Record, Row
 from .ring import EventRing
-from .snapshot import SnapshotDb, SnapshotError
+from .snapshot import DeletedRow, SnapshotDb, SnapshotError
 from .statuses import ALLOWED, FINISHED_SET, FREES_KEY, KNOWN, STATUSES
 
 _I64_MAX = 2**63 - 1
+#: The idempotency cutoff without a ttl: every record is recent enough to hold its key.
+_NO_CUTOFF = -(2**63)
+#: Paths SQLite opens as a private database, which no other store can share.
+_PRIVATE_PATHS = ("", ":memory:")
 
 
 def _parse_cursor(cursor: str) -> Key:
@@ -54,6 +62,16 @@ def _closed(path: str | None) -> SnapshotError:
     return SnapshotError(f"{path}: the snapshot file is closed; create a new TaskStore to reopen it")
 
 
+def _lock_owner(directory: str, instance_id: str, db_path: str) -> OwnerLock:
+    try:
+        return OwnerLock(directory, instance_id)
+    except OSError as exc:
+        raise SnapshotError(
+            f"{db_path}: cannot take this store's owner lock in {directory} ({exc}); make the file's"
+            " directory writable, or pass another db_path"
+        ) from exc
+
+
 class TaskStore:
     """Task records, their indexes, metrics, the event ring and the snapshot file. Thread-safe."""
 
@@ -68,12 +86,18 @@ class TaskStore:
         "_db_path",
         "_dirty",
         "_finished",
+        "_health",
         "_idem",
+        "_idem_ttl_us",
         "_in_status",
+        "_instance_id",
+        "_keyed",
         "_lock",
         "_max_history",
         "_max_log_lines",
         "_metrics",
+        "_owner_lock",
+        "_owners",
         "_persist",
         "_queue_pending",
         "_records",
@@ -87,11 +111,19 @@ class TaskStore:
         max_history: int = 10_000,
         ring_capacity: int = 65_536,
         max_log_lines: int = 1_000,
+        idempotency_ttl: float | None = None,
     ) -> None:
         self._max_history = _positive("max_history", max_history)
         self._max_log_lines = _positive("max_log_lines", max_log_lines)
         self._ring: EventRing[Event] = EventRing(_positive("ring_capacity", ring_capacity))
+        if idempotency_ttl is not None and not idempotency_ttl > 0:
+            raise ValueError(f"idempotency_ttl must be a positive number of seconds or None, got {idempotency_ttl!r}")
+        self._idem_ttl_us = None if idempotency_ttl is None else idempotency_ttl * 1e6
+        self._instance_id = new_task_id()
         self._lock = threading.Lock()
+        # Keyed creates take turns: the check (memory, then the file, read without the state
+        # lock) and the creation must be one step.
+        self._keyed = threading.Lock()
         self._records: dict[str, Record] = {}
         self._all = KeyIndex()
         self._by_status: dict[str, KeyIndex] = {s: KeyIndex() for s in STATUSES}
@@ -102,17 +134,25 @@ class TaskStore:
         self._metrics = Metrics()
         # Pending records in memory per queue name (the queue-depth gauge), kept per event.
         self._queue_pending: dict[str, int] = {}
-        # Ids of finished records changed since the last flush (only kept when there is a file).
+        # Ids of records whose row is out of date: finished records changed since the last flush,
+        # and journaled ones whose status or retries changed (only kept when there is a file).
         self._dirty: set[str] = set()
+        self._health = SnapshotHealth()
         self._db_path = db_path
         # Whether finished records must reach the file before they may leave memory; False
         # without a file and once it is closed.
         self._persist = db_path is not None
         self._db: SnapshotDb | None = None
+        # The directory of the owner lock files; None without a file shared on disk.
+        self._owners: str | None = None
+        self._owner_lock: OwnerLock | None = None
         if db_path is not None:
             db = SnapshotDb(db_path)
             try:
                 rows = db.metric_rows()
+                if db_path not in _PRIVATE_PATHS:
+                    self._owners = db_path + ".owners"
+                    self._owner_lock = _lock_owner(self._owners, self._instance_id, db_path)
             except SnapshotError:
                 db.close()
                 raise
@@ -123,6 +163,10 @@ class TaskStore:
     @property
     def db_path(self) -> str | None:
         return self._db_path
+
+    @property
+    def instance_id(self) -> str:
+        return self._instance_id
 
     @property
     def last_seq(self) -> int:
@@ -142,6 +186,9 @@ class TaskStore:
         idempotency_key: str | None = None,
         args_json: bytes | None = None,
         kwargs_json: bytes | None = None,
+        encrypted_payload: bytes | None = None,
+        retry_of: str | None = None,
+        journal: bool = False,
     ) -> tuple[str, bool]:
         if tags:
             if not all(type(k) is str and type(v) is str for k, v in tags.items()):
@@ -149,43 +196,72 @@ class TaskStore:
             tags = dict(tags)
         else:
             tags = None
-        if (args_json is not None and type(args_json) is not bytes) or (
-            kwargs_json is not None and type(kwargs_json) is not bytes
+        if (
+            (args_json is not None and type(args_json) is not bytes)
+            or (kwargs_json is not None and type(kwargs_json) is not bytes)
+            or (encrypted_payload is not None and type(encrypted_payload) is not bytes)
         ):
-            raise TypeError("args_json and kwargs_json must be bytes or None")
-        task_id = new_task_id()
+            raise TypeError("args_json, kwargs_json and encrypted_payload must be bytes or None")
+        # The time is taken before the lock, as in the Rust core: a record that loses a race for the
+        # lock lands a little out of key order, which the indexes allow.
+        rec = Record(
+            new_task_id(),
+            func_name,
+            "pending",
+            time_ns() // 1000,
+            queue,
+            executor,
+            priority,
+            source,
+            tags,
+            idempotency_key,
+            args_json,
+            kwargs_json,
+            encrypted_payload,
+            retry_of,
+        )
+        if idempotency_key is None:
+            self._add(rec, journal)
+            return rec.task_id, True
+        with self._keyed:
+            holder = self._key_holder(idempotency_key)
+            if holder is not None:
+                return holder, False
+            self._add(rec, journal)
+        return rec.task_id, True
+
+    def _key_holder(self, key: str) -> str | None:
+        """The record holding idempotency ``key``: in memory, else in the file. The caller holds ``_keyed``."""
+        ttl_us = self._idem_ttl_us
+        cutoff = _NO_CUTOFF if ttl_us is None else time_ns() // 1000 - ttl_us
         with self._lock:
-            if idempotency_key is not None:
-                holder = self._idem.get(idempotency_key)
-                if holder is not None:
-                    return holder, False
-                self._idem[idempotency_key] = task_id
-            rec = Record(
-                task_id,
-                func_name,
-                "pending",
-                time_ns() // 1000,
-                queue,
-                executor,
-                priority,
-                source,
-                tags,
-                idempotency_key,
-                args_json,
-                kwargs_json,
-            )
-            rec.agg = self._metrics.created(func_name)
-            self._queue_pending[queue] = self._queue_pending.get(queue, 0) + 1
+            holder = self._idem.get(key)
+            if holder is not None and self._records[holder].created_us > cutoff:
+                return holder
+        db = self._db
+        if db is None:
+            return None
+        on_disk = db.key_holders(key, cutoff)
+        if not on_disk:
+            return None
+        with self._lock:
+            # A record in memory is newer than its row, and was judged above.
+            return next((task_id for task_id in on_disk if task_id not in self._records), None)
+
+    def _add(self, rec: Record, journal: bool) -> None:
+        """Add a new record to memory, indexes, metrics and ring."""
+        task_id = rec.task_id
+        with self._lock:
+            if rec.idempotency_key is not None:
+                self._idem[rec.idempotency_key] = task_id
+            rec.agg = self._metrics.created(rec.func_name)
+            self._queue_pending[rec.queue] = self._queue_pending.get(rec.queue, 0) + 1
             self._records[task_id] = rec
-            key = rec.key
-            self._all.add(key)
-            self._by_status["pending"].add(key)
-            by_name = self._by_name.get(func_name)
-            if by_name is None:
-                by_name = self._by_name[func_name] = KeyIndex()
-            by_name.add(key)
+            self._index(rec)
+            if journal and self._persist:
+                rec.journal = True
+                self._dirty.add(task_id)
             self._ring.push(("created", rec, "pending", None, None, 0, None, None))
-        return task_id, True
 
     def transition(
         self,
@@ -208,6 +284,8 @@ class TaskStore:
             allowed = ALLOWED.get(old)
             if allowed is None or status not in allowed:
                 return False
+            # A journaled record's row is rewritten when its status or retries change.
+            row_changed = old != status or (retries_used is not None and retries_used != rec.retries_used)
             if old != status:
                 rec.status = status
                 self._by_status[status].add(rec.key)
@@ -249,6 +327,8 @@ class TaskStore:
                     self._dirty.add(task_id)
                 elif len(self._finished) > self._max_history:
                     self._evict([self._records[self._finished.pop_oldest()[1]]])
+            elif rec.journal and row_changed and self._persist:
+                self._dirty.add(task_id)
         return True
 
     def append_log(self, task_id: str, line: str) -> None:
@@ -270,6 +350,15 @@ class TaskStore:
             self._ring.push(("log", task_id, line))
 
     # -- index upkeep ----------------------------------------------------------------------
+
+    def _index(self, rec: Record) -> None:
+        key = rec.key
+        self._all.add(key)
+        self._by_status[rec.status].add(key)
+        by_name = self._by_name.get(rec.func_name)
+        if by_name is None:
+            by_name = self._by_name[rec.func_name] = KeyIndex()
+        by_name.add(key)
 
     def _retire_status(self, status: str, count: int) -> None:
         self._by_status[status].retire(count, self._in_status[status])
@@ -347,38 +436,141 @@ class TaskStore:
 
     # -- the snapshot file -----------------------------------------------------------------
 
-    def flush(self) -> int:
+    @contextmanager
+    def _file_change(self) -> Iterator[SnapshotDb | None]:
+        """The open file (None without one) with its lock held, for a change that writes it.
+
+        Holding the snapshot lock throughout keeps flushes, claims and deletions from interleaving.
+        Raises ``SnapshotError`` once the file is closed.
+        """
         db = self._db
         if db is None:
             if self._db_path is not None:
                 raise _closed(self._db_path)
-            return 0
-        # Holding the snapshot lock throughout keeps concurrent flushes from writing out of order.
+            yield None
+            return
         with db.lock:
             if db.closed:
                 raise _closed(self._db_path)
+            yield db
+
+    def flush(self) -> int:
+        with self._file_change() as db:
+            if db is None:
+                return 0
             with self._lock:
                 dirty, self._dirty = self._dirty, set()
-                parts = [self._records[task_id].row_parts() for task_id in dirty]
-            if parts:
-                try:
+                me, records = self._instance_id, self._records
+                parts = [
+                    rec.row_parts(me if rec.journal and rec.status not in FINISHED_SET else None)
+                    for rec in map(records.__getitem__, dirty)
+                ]
+            try:
+                if parts:
                     db.write_locked(
                         [Record.to_row(p) for p in parts],
-                        [(rec.task_id, k, v, rec.key[0]) for rec, _, tags, _ in parts if tags for k, v in tags.items()],
+                        [(p[0], k, v, p[3]) for p in parts if p[10] for k, v in p[10].items()],
                     )
-                except BaseException:
-                    with self._lock:
-                        self._dirty |= dirty
-                    raise
+            except BaseException as exc:
+                with self._lock:
+                    self._dirty |= dirty
+                    self._health.failed(str(exc))
+                raise
             with self._lock:
+                self._health.succeeded(time_ns() // 1000)
                 self._evict_flushed()
         return len(parts)
+
+    def claim_orphans(self) -> list[dict[str, object]]:
+        owners = self._owners
+        alive: dict[str, bool] = {}
+
+        def take(row: Row) -> bool:
+            owner = row[19]
+            if owner is not None:
+                if owner not in alive:
+                    alive[owner] = owners is not None and owner_alive(owners, owner)
+                if alive[owner]:
+                    return False
+            with self._lock:
+                return row[0] not in self._records
+
+        with self._file_change() as db:
+            if db is None:
+                return []
+            rows = db.claim_locked(self._instance_id, take)
+            with self._lock:
+                claimed = [self._adopt(Record.from_row(row)) for row in rows]
+        if owners is not None:
+            remove_owner_files(owners, [owner for owner, is_alive in alive.items() if not is_alive])
+        return claimed
+
+    def _adopt(self, rec: Record) -> dict[str, object]:
+        """Hold a record claimed from the file as a journaled one of this store; open already counted it."""
+        logs = rec.logs
+        if logs is not None:
+            rec.logs_dropped += max(0, len(logs) - self._max_log_lines)
+            rec.logs = deque(logs, maxlen=self._max_log_lines)
+        rec.journal = True
+        rec.agg = self._metrics.aggregate(rec.func_name)
+        self._records[rec.task_id] = rec
+        self._index(rec)
+        if rec.status == "pending":
+            self._queue_pending[rec.queue] = self._queue_pending.get(rec.queue, 0) + 1
+        if rec.idempotency_key is not None:
+            self._idem.setdefault(rec.idempotency_key, rec.task_id)
+        return rec.to_dict()
+
+    def delete_finished_before(self, end_before_us: int) -> tuple[int, int]:
+        with self._file_change() as db:
+            with self._lock:
+                records = self._records
+                ids = [
+                    task_id
+                    for _, task_id in self._finished.oldest()
+                    if (end_us := records[task_id].end_us) is not None and end_us < end_before_us
+                ]
+            # A memory victim's own row goes too, whatever it says (a journal row not yet rewritten).
+            rows = [] if db is None else db.delete_locked(ids, ended_before=end_before_us)
+            with self._lock:
+                deleted = self._forget(ids, rows)
+        return deleted, len(rows)
+
+    def delete(self, task_id: str) -> bool:
+        with self._file_change() as db:
+            with self._lock:
+                rec = self._records.get(task_id)
+            if rec is not None and rec.status not in FINISHED_SET:
+                return False
+            rows = [] if db is None else db.delete_locked([task_id], finished_only=rec is None)
+            with self._lock:
+                deleted = self._forget([] if rec is None else [task_id], rows)
+        return deleted > 0 or bool(rows)
+
+    def _forget(self, ids: list[str], rows: list[DeletedRow]) -> int:
+        """Drop the deleted finished records ``ids`` from memory, and make the metrics forget them and the
+        deleted ``rows`` of records not in memory; returns how many left memory."""
+        records, metrics = self._records, self._metrics
+        # Without a file, a record may have left memory since it was picked (retention).
+        victims = [rec for rec in map(records.get, ids) if rec is not None]
+        for rec in victims:
+            metrics.forget(rec.func_name, rec.status, rec.start_us, rec.end_us)
+        gone = {rec.task_id for rec in victims}
+        for task_id, func_name, status, start_us, end_us in rows:
+            if task_id not in gone:
+                metrics.forget(func_name, status, start_us, end_us)
+        if victims:
+            self._finished.remove(gone)
+            self._evict(victims)
+        return len(victims)
 
     def close(self) -> None:
         """Close the file; from then on finished records leave memory as they would without one."""
         db, self._db = self._db, None
         if db is not None:
             db.close()
+            if self._owner_lock is not None:
+                self._owner_lock.release()
             with self._lock:
                 self._persist = False
                 excess = len(self._finished) - self._max_history
@@ -479,13 +671,16 @@ class TaskStore:
     def metrics_json(self) -> bytes:
         with self._lock:
             obj = self._metrics.to_obj()
+            obj["snapshot"] = None if self._db_path is None else self._health.to_obj(len(self._dirty))
         return dumps(obj)
 
     def metrics_prometheus(self) -> bytes:
         with self._lock:
             by_name = self._metrics.by_name
             groups = [(name, by_name[name]) for name in sorted(by_name) if by_name[name].total]
-            return render_prometheus(groups, sorted(self._queue_pending.items()))
+            health = self._health
+            snapshot = None if self._db_path is None else (health.ok, len(self._dirty), health.failed_writes)
+            return render_prometheus(groups, sorted(self._queue_pending.items()), snapshot)
 
     def events_since(self, after: int, limit: int = 1_000) -> tuple[list[tuple[int, bytes]], bool]:
         if after < 0:
