@@ -279,9 +279,10 @@ def test_lifespan_apps_start_and_stop_the_manager(tmp_path: Path) -> None:
 def test_on_startup_style_apps_are_wired_too(tmp_path: Path) -> None:
     manager = TaskManager(snapshot_db=str(tmp_path / "tasks.db"))
     app = make_app(manager)
+    assert manager.writer is not None
     with TestClient(app):
-        assert manager._flush_task is not None
-    assert manager._flush_task is None
+        assert manager.writer.running
+    assert not manager.writer.running
 
 
 def test_unknown_task_is_404() -> None:

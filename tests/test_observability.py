@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ import pytest
 from cryptography.fernet import Fernet
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
+from polling import wait_for
+from sqlite_peek import count
 
 from fastapi_taskflow import ManagedBackgroundTasks, TaskAdmin, TaskManager
 from fastapi_taskflow.crypto import ArgumentCipher
@@ -44,13 +45,6 @@ def app_with(manager: TaskManager) -> tuple[FastAPI, list[str]]:
         return {"task_id": task_id}
 
     return app, ids
-
-
-def wait_for(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 # -- context ------------------------------------------------------------------
@@ -191,8 +185,9 @@ def test_encrypted_arguments_never_appear_in_clear(tmp_path: Path) -> None:
     assert received == [secret]
     assert secret not in detail and secret not in listing
     assert "using the secret now" in log.read_text()
-    for path in tmp_path.iterdir():
-        assert secret.encode() not in path.read_bytes(), f"{path.name} holds the secret in clear"
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"{path.name} holds the secret in clear"
 
 
 def test_wrong_key_fails_the_task_with_a_clear_error() -> None:
@@ -393,15 +388,8 @@ def test_stdout_logger_prints_logs_and_lifecycle(capsys: pytest.CaptureFixture[s
 def test_finished_tasks_reach_the_file_promptly_in_batches(tmp_path: Path) -> None:
     db = tmp_path / "tasks.db"
     manager = TaskManager(snapshot_db=str(db), snapshot_interval=3600)
-    flushes: list[int] = []
-    original_flush = manager.flush
-
-    async def counting_flush() -> int:
-        written = await original_flush()
-        flushes.append(written)
-        return written
-
-    manager.flush = counting_flush  # type: ignore[method-assign]
+    assert manager.writer is not None
+    writer = manager.writer
 
     @manager.task()
     async def quick() -> None: ...
@@ -415,15 +403,13 @@ def test_finished_tasks_reach_the_file_promptly_in_batches(tmp_path: Path) -> No
             tasks.add_task(quick)
 
     def rows_on_disk() -> int:
-        with sqlite3.connect(db) as connection:
-            (count,) = connection.execute("SELECT count(*) FROM task_history").fetchone()
-            return int(count)
+        return count(db)
 
     with TestClient(app) as client:
         client.post("/many/500")
         # Not the hourly interval, not shutdown: the completions themselves trigger the write.
-        wait_for(lambda: rows_on_disk() == 500 and any(flushes))  # the count lands just after the commit
-        assert 1 <= len([n for n in flushes if n]) <= 50  # batched: far fewer writes than tasks
+        wait_for(lambda: rows_on_disk() == 500 and writer.writes > 0)  # the count lands just after the commit
+        assert 1 <= writer.writes <= 50  # batched: far fewer writes than tasks
         client.post("/many/1")
         wait_for(lambda: rows_on_disk() == 501)
 
@@ -438,4 +424,4 @@ def test_flush_failure_is_logged_and_retried(tmp_path: Path, caplog: pytest.LogC
 
     with caplog.at_level(logging.ERROR, logger="fastapi_taskflow"):
         assert asyncio.run(scenario()) == 0
-    assert any("snapshot failed" in record.getMessage() for record in caplog.records)
+    assert any("snapshot write failed" in record.getMessage() for record in caplog.records)

@@ -34,7 +34,7 @@ class TaskAdmin:
         retention_days: float | None = None,
     ) -> None:
         if retention_days is not None:
-            raise NotImplementedError("TaskAdmin(retention_days=...) is not available yet in fastapi-taskflow-rs")
+            task_manager.set_retention_days(retention_days)
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with it, got {path!r}")
         self.app = app

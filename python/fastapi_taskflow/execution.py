@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Generator
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -76,6 +78,12 @@ class _InContext:
 
 _UNRESOLVED = object()
 
+#: Arguments of this many failed or interrupted tasks are kept for a retry through the API.
+RETAINED_ARGUMENTS = 10_000
+
+#: The arguments a task was accepted with: live args and kwargs, or the encrypted payload.
+Arguments = tuple[tuple[Any, ...], dict[str, Any], bytes | None]
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -93,6 +101,7 @@ class TaskRunner:
         observers: ObserverThread | None = None,
         cipher: ArgumentCipher | None = None,
         on_finished: Callable[[], None] | None = None,
+        durable: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._store = store
         self._max_sync_threads = max_sync_threads
@@ -101,7 +110,12 @@ class TaskRunner:
         self.observers = observers
         self.cipher = cipher
         self._on_finished = on_finished
+        self._durable = durable
         self._tracer: Any = _UNRESOLVED
+        #: The asyncio task running each started task, for cancellation through the API.
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._cancel_requested: set[str] = set()
+        self._retained: OrderedDict[str, Arguments] = OrderedDict()
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -129,6 +143,9 @@ class TaskRunner:
         task_id = task.task_id
         if not store.transition(task_id, "running"):
             return  # cancelled or otherwise finished before it could start
+        handle = asyncio.current_task()
+        if handle is not None:
+            self._running[task_id] = handle
         observers = self.observers
         if observers is not None:
             self._lifecycle(task, "running", 0)
@@ -139,8 +156,13 @@ class TaskRunner:
         spec = task.spec
         config = spec.config
         attempt = 0
+        started = 0.0
         outcome: BaseException | None = None
         try:
+            if task.journaled and not config.requeue_on_interrupt and self._durable is not None:
+                # A task that must not run twice is marked running on disk before it runs:
+                # after a crash it is then reported interrupted rather than run again.
+                await self._durable()
             args: tuple[Any, ...] = task.args
             kwargs: dict[str, Any] = task.kwargs
             if task.payload is not None:
@@ -162,11 +184,6 @@ class TaskRunner:
                     else:
                         async with self._semaphore:
                             await _InContext(spec.func(*args, **kwargs), task.context)
-                except asyncio.CancelledError as exc:
-                    outcome = exc
-                    store.transition(task_id, "interrupted", error="cancelled while running (server shutdown)")
-                    self._lifecycle(task, "interrupted", attempt, time.perf_counter() - started)
-                    raise
                 except Exception as exc:
                     if attempt < config.retries:
                         attempt += 1
@@ -181,7 +198,27 @@ class TaskRunner:
                 if observers is not None or self._on_finished is not None:
                     self._lifecycle(task, "success", attempt, time.perf_counter() - started)
                 return
+        except asyncio.CancelledError as exc:
+            outcome = exc
+            duration = time.perf_counter() - started if started else None
+            if task_id in self._cancel_requested:
+                self._cancel_requested.discard(task_id)
+                store.transition(task_id, "cancelled", error="cancelled through the API")
+                self._lifecycle(task, "cancelled", attempt, duration)
+                if handle is not None and sys.version_info >= (3, 11):
+                    handle.uncancel()
+                # Swallowed on purpose: the other background tasks of the request still run.
+                return
+            if task.journaled and config.requeue_on_interrupt:
+                # Back to pending, as it is in the journal: the next start runs it again.
+                store.transition(task_id, "pending")
+            else:
+                store.transition(task_id, "interrupted", error="cancelled while running (server shutdown)")
+                self._lifecycle(task, "interrupted", attempt, duration)
+                self._retain(task)
+            raise
         finally:
+            self._running.pop(task_id, None)
             if span is not None:
                 end_task_span(span, outcome)
 
@@ -195,6 +232,40 @@ class TaskRunner:
         error = describe_error(exc)
         self._store.transition(task.task_id, "failed", error=error, stacktrace=stack)
         self._lifecycle(task, "failed", attempt, duration, error, stack)
+        self._retain(task)
+
+    def _retain(self, task: TrackedTask) -> None:
+        """Keep the arguments of a task that may be retried (bounded; the oldest go first)."""
+        retained = self._retained
+        retained[task.task_id] = (task.args, task.kwargs, task.payload)
+        if len(retained) > RETAINED_ARGUMENTS:
+            retained.popitem(last=False)
+
+    def retained_arguments(self, task_id: str) -> Arguments | None:
+        """The arguments of a failed or interrupted task, while they are kept."""
+        return self._retained.get(task_id)
+
+    def forget_arguments(self, task_id: str) -> None:
+        self._retained.pop(task_id, None)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task: a pending one never runs, a running one is stopped at its next await.
+
+        Returns False when the task is neither pending in memory nor running here. Call it
+        on the event loop thread (where tasks move to running), so the two checks are atomic.
+        """
+        handle = self._running.get(task_id)
+        if handle is not None:
+            self._cancel_requested.add(task_id)
+            handle.cancel(msg=f"fastapi_taskflow: task {task_id} cancelled through the API")
+            return True
+        try:
+            return self._store.transition(task_id, "cancelled", error="cancelled through the API")
+        except KeyError:
+            return False
+
+    def running_handles(self) -> list[asyncio.Task[Any]]:
+        return list(self._running.values())
 
     def _lifecycle(
         self,

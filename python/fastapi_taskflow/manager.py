@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import fastapi.dependencies.utils as fastapi_dependency_utils
 import orjson
 from fastapi import BackgroundTasks, FastAPI
 
 from ._selected import core as _core_module
+from .audit import AuditLog
 from .crypto import ArgumentCipher
-from .errors import SnapshotError
-from .execution import TaskRunner
+from .durability import DurableAcceptance
+from .errors import CorruptSnapshotError, SnapshotError
+from .execution import Arguments, TaskRunner
 from .loggers import FileLogger, LoggerChain, TaskObserver
 from .models import ExecutorName, QueueConfig, TaskConfig, TaskRecord
 from .observing import ObserverThread
+from .persistence import SnapshotWriter
 from .registry import TaskFunc, TaskRegistry, TaskSpec, validate_executor
-from .wrapper import ManagedBackgroundTasks
+from .wrapper import ManagedBackgroundTasks, TrackedTask
 
 if TYPE_CHECKING:
     from ._core import TaskStore
@@ -28,9 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fastapi_taskflow")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Seconds the snapshot writer waits after a completion, so that completions close in time share a write.
-FLUSH_BATCH_WINDOW = 0.05
 
 #: Unregistered functions resolved so far; bounded because callers may pass fresh lambdas.
 _UNREGISTERED_CACHE_SIZE = 1024
@@ -78,11 +81,11 @@ class TaskManager:
         registry_ttl: int = 90,
         registry_heartbeat: int = 30,
         max_history: int = 10_000,
+        idempotency_ttl: float | None = None,
+        on_corrupt_snapshot: Literal["raise", "move_aside"] = "raise",
     ) -> None:
         unavailable = {
             "snapshot_backend": snapshot_backend is not None,
-            "requeue_pending": requeue_pending,
-            "retention_days": retention_days is not None,
             "max_process_workers": max_process_workers is not None,
             "queues": queues is not None,
             "max_size": max_size is not None,
@@ -93,10 +96,18 @@ class TaskManager:
                 raise _not_yet(f"TaskManager({argument}=...)")
         if snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be positive, got {snapshot_interval!r}")
+        if on_corrupt_snapshot not in ("raise", "move_aside"):
+            raise ValueError(f"on_corrupt_snapshot must be 'raise' or 'move_aside', got {on_corrupt_snapshot!r}")
         self.snapshot_interval = snapshot_interval
+        self.requeue_pending = requeue_pending
         self.retry_replaces_original = retry_replaces_original
         self.registry = TaskRegistry()
-        self.core: TaskStore = _core_module.TaskStore(snapshot_db, max_history=max_history)
+        self.audit = AuditLog()
+        self.core: TaskStore = _open_core(
+            snapshot_db, on_corrupt_snapshot, max_history=max_history, idempotency_ttl=idempotency_ttl
+        )
+        self.writer = SnapshotWriter(self.core, interval=snapshot_interval) if snapshot_db is not None else None
+        self.set_retention_days(retention_days)
         observers = list(loggers or [])
         if log_file is not None:
             observers.append(
@@ -115,11 +126,12 @@ class TaskManager:
             max_sync_threads=max_sync_threads,
             observers=ObserverThread(self.logger) if self.logger else None,
             cipher=ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None,
-            on_finished=self._flush_soon if snapshot_db is not None else None,
+            on_finished=self.writer.soon if self.writer is not None else None,
+            durable=self.writer.durable if self.writer is not None else None,
         )
         self._unregistered: dict[TaskFunc, TaskSpec] = {}
-        self._flush_task: asyncio.Task[None] | None = None
-        self._flush_wanted: asyncio.Event | None = None
+        #: Tasks this manager started itself (requeued and retried ones), for shutdown.
+        self._dispatched: set[asyncio.Task[None]] = set()
         self._started = False
         self._apps: set[int] = set()
 
@@ -140,8 +152,6 @@ class TaskManager:
         queue: str | None = None,
     ) -> Callable[[F], F]:
         """Register a function as a task; the function is returned unchanged."""
-        if requeue_on_interrupt:
-            raise _not_yet("task(requeue_on_interrupt=True)")
         if eager or priority is not None or queue is not None:
             raise _not_yet("task(eager=, priority=, queue=)")
         if retries < 0 or delay < 0 or backoff < 0:
@@ -152,6 +162,7 @@ class TaskManager:
             backoff=backoff,
             persist=persist,
             name=name,
+            requeue_on_interrupt=requeue_on_interrupt,
             executor=executor,
         )
 
@@ -174,25 +185,138 @@ class TaskManager:
             spec = self._unregistered[func] = TaskSpec.resolve(func, TaskConfig())
         return spec
 
+    def spec_named(self, func_name: str) -> TaskSpec | None:
+        """The spec registered under ``func_name`` (the name records carry), if any."""
+        return self.registry.spec_named(func_name)
+
+    def journal_writer(self, spec: TaskSpec) -> SnapshotWriter | None:
+        """The writer that journals ``spec``'s tasks, or None when they are not journaled.
+
+        Journaled: with a snapshot file, tasks of ``persist=True`` functions, and all
+        tasks with ``requeue_pending=True`` (``persist`` concerns its own function only).
+        """
+        if self.writer is not None and (spec.config.persist or self.requeue_pending):
+            return self.writer
+        return None
+
     def serialize_arguments(
         self, spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[bytes | None, bytes | None]:
-        """JSON of a persistent task's arguments (``(None, None)`` when they are encrypted).
+        """JSON of a journaled task's arguments.
 
-        A persistent task must be restorable from disk, so arguments that JSON cannot
+        A journaled task must be restorable from disk, so arguments that JSON cannot
         hold are refused here, before anything is stored.
         """
-        if self.runner.cipher is not None:
-            # Encrypted arguments are never stored in clear; the ciphertext stays with the task.
-            return None, None
         try:
             return orjson.dumps(args), orjson.dumps(kwargs)
         except TypeError as exc:
             culprit = _unserializable_argument(args, kwargs)
             raise TypeError(
                 f"{culprit} of persistent task {spec.name!r} cannot be stored as JSON ({exc}); "
-                "pass JSON-compatible values or drop persist=True"
+                "pass JSON-compatible values, or neither persist=True nor requeue_pending=True"
             ) from exc
+
+    # -- actions on accepted tasks -----------------------------------------------
+
+    def submit(
+        self,
+        spec: TaskSpec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        payload: bytes | None = None,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str = "default",
+        retry_of: str | None = None,
+        source: str = "manual",
+    ) -> str:
+        """Accept a task outside a request (a retry) and start it now; returns its id.
+
+        ``payload`` is the ciphertext of encrypted arguments (``args``/``kwargs`` then
+        empty). Call it on the event loop thread.
+        """
+        writer = self.journal_writer(spec)
+        cipher = self.runner.cipher
+        if payload is None and cipher is not None:
+            payload = cipher.encrypt(args, kwargs)
+            args, kwargs = (), {}
+        args_json, kwargs_json = (
+            self.serialize_arguments(spec, args, kwargs)
+            if (writer is not None or spec.config.persist) and payload is None
+            else (None, None)
+        )
+        task_id, _ = self.core.create(
+            spec.name,
+            queue=queue,
+            executor=spec.executor,
+            priority=priority,
+            source=source,
+            tags=tags,
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            encrypted_payload=payload if writer is not None else None,
+            retry_of=retry_of,
+            journal=writer is not None,
+        )
+        self._start(
+            TrackedTask(
+                self, spec, task_id, args, kwargs, tags or {}, payload, writer is not None, contextvars.Context()
+            )
+        )
+        if writer is not None:
+            writer.soon()
+        return task_id
+
+    def _start(self, task: TrackedTask) -> None:
+        running = asyncio.get_running_loop().create_task(self.runner.run(task), name=f"taskflow-{task.task_id}")
+        self._dispatched.add(running)
+        running.add_done_callback(self._dispatched.discard)
+
+    def arguments_of(self, task: Mapping[str, Any]) -> Arguments | None:
+        """The arguments to run a finished task again, or None when they are gone.
+
+        Kept in memory for failed and interrupted tasks; read from the file for
+        journaled ones. A task that was neither, once out of memory, cannot be re-run.
+        """
+        kept = self.runner.retained_arguments(str(task["task_id"]))
+        if kept is not None:
+            return kept
+        payload = task.get("encrypted_payload")
+        if isinstance(payload, bytes):
+            return (), {}, payload
+        args_json, kwargs_json = task.get("args_json"), task.get("kwargs_json")
+        if isinstance(args_json, bytes) and isinstance(kwargs_json, bytes):
+            return tuple(orjson.loads(args_json)), orjson.loads(kwargs_json), None
+        return None
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a pending task (it never runs) or a running one; False when neither."""
+        cancelled = self.runner.cancel(task_id)
+        if cancelled:
+            self.flush_soon()
+        return cancelled
+
+    def set_retention_days(self, days: float | None) -> None:
+        """Delete finished tasks older than ``days`` from memory and the file, every 6 hours.
+
+        Only with a snapshot file (without one, ``max_history`` already bounds the history).
+        """
+        if days is not None and days <= 0:
+            raise ValueError(f"retention_days must be positive, got {days!r}")
+        if self.writer is not None:
+            self.writer.set_retention_days(days)
+
+    def flush_soon(self) -> None:
+        """Ask the snapshot writer to write within moments (no-op without a file)."""
+        if self.writer is not None:
+            self.writer.soon()
+
+    async def delete_history(self, end_before: datetime) -> tuple[int, int]:
+        """Delete finished tasks that ended before ``end_before``: ``(from memory, from the file)``."""
+        if self.writer is not None:
+            return await self.writer.delete_finished_before(end_before.timestamp())
+        return self.core.delete_finished_before(int(end_before.timestamp() * 1_000_000))
 
     # -- reads ----------------------------------------------------------------
 
@@ -232,6 +356,8 @@ class TaskManager:
         if id(app) in self._apps:
             return
         self._apps.add(id(app))
+        if self.writer is not None:
+            app.add_middleware(DurableAcceptance, writer=self.writer)
         inner = app.router.lifespan_context
 
         @contextlib.asynccontextmanager
@@ -248,60 +374,122 @@ class TaskManager:
     # -- lifecycle ------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Start the observers and the snapshot writer (when a snapshot file is set)."""
+        """Start the observers and the snapshot writer, and run what a previous process left.
+
+        Journaled tasks that a stopped or crashed process did not finish are claimed
+        (so that two processes sharing the file never both take one) and run again:
+        pending ones, and running ones of ``requeue_on_interrupt`` functions; other
+        running ones are marked interrupted, as they may have had effects already.
+        """
         if self._started:
             return
         self._started = True
         if self.runner.observers is not None:
             self.runner.observers.start()
-        if self.core.db_path is not None:
-            self._flush_wanted = asyncio.Event()
-            self._flush_task = asyncio.create_task(self._write_snapshots(self._flush_wanted), name="taskflow-snapshot")
+        if self.writer is not None:
+            self.writer.start()
+            await self._resume_orphans()
+
+    async def _resume_orphans(self) -> None:
+        try:
+            orphans = await asyncio.to_thread(self.core.claim_orphans)
+        except SnapshotError as exc:
+            logger.error("fastapi_taskflow: cannot take over unfinished tasks of earlier runs now: %s", exc)
+            return
+        for record in orphans:
+            self._resume(record)
+        if orphans:
+            logger.info("fastapi_taskflow: took over %d unfinished tasks of an earlier run", len(orphans))
+            self.flush_soon()
+
+    def _resume(self, record: Mapping[str, Any]) -> None:
+        task_id, func_name = str(record["task_id"]), str(record["func_name"])
+        spec = self.spec_named(func_name)
+        if spec is None:
+            logger.warning(
+                "fastapi_taskflow: task %s of unregistered function %r marked interrupted", task_id, func_name
+            )
+            self.core.transition(task_id, "interrupted", error=f"function {func_name!r} is not registered here")
+            return
+        if record["status"] == "running":
+            if not spec.config.requeue_on_interrupt:
+                self.core.transition(
+                    task_id, "interrupted", error="the process running it stopped (requeue_on_interrupt is off)"
+                )
+                return
+            self.core.transition(task_id, "pending")
+        arguments = self.arguments_of(record)
+        if arguments is None:
+            self.core.transition(task_id, "interrupted", error="its arguments were not stored")
+            return
+        args, kwargs, payload = arguments
+        tags = record.get("tags")
+        self._start(
+            TrackedTask(
+                self,
+                spec,
+                task_id,
+                args,
+                kwargs,
+                dict(tags) if isinstance(tags, dict) else {},
+                payload,
+                journaled=True,
+                context=contextvars.Context(),
+            )
+        )
 
     async def shutdown(self) -> None:
-        """Stop the snapshot loop, write what finished, release the thread pool."""
+        """Stop what this manager started, write what is left, release the thread pool.
+
+        Tasks still running are cancelled: ``requeue_on_interrupt`` ones go back to
+        pending (journaled, the next start runs them), the others become interrupted.
+        """
         if not self._started:
             return
         self._started = False
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_task
-            self._flush_task = None
-            self._flush_wanted = None
-        await self.flush()
+        dispatched = list(self._dispatched)
+        for task in dispatched:
+            task.cancel()
+        await asyncio.gather(*dispatched, return_exceptions=True)
+        if self.writer is not None:
+            await self.writer.stop()
         self.runner.shutdown()
         if self.runner.observers is not None:
             await asyncio.to_thread(self.runner.observers.stop)
 
     async def flush(self) -> int:
-        """Write finished tasks changed since the last flush; 0 without a snapshot file.
+        """Write what is unwritten now; the number of records written (0 without a file).
 
-        A failed write is logged and retried on the next flush; nothing is dropped.
+        A failed write is logged and retried by the writer; nothing is dropped.
         """
-        if self.core.db_path is None:
+        if self.writer is None:
             return 0
-        try:
-            return await asyncio.to_thread(self.core.flush)
-        except SnapshotError as exc:
-            logger.error("fastapi_taskflow: snapshot failed, will retry: %s", exc)
-            return 0
+        return await self.writer.write_now() or 0
 
-    def _flush_soon(self) -> None:
-        """Called as each task finishes: wake the snapshot writer (cheap when already awake)."""
-        if self._flush_wanted is not None:
-            self._flush_wanted.set()
 
-    async def _write_snapshots(self, wanted: asyncio.Event) -> None:
-        # Finished tasks reach the file within about FLUSH_BATCH_WINDOW of finishing; every
-        # completion in that window shares one transaction. snapshot_interval bounds the
-        # wait when nothing wakes the writer.
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wanted.wait(), self.snapshot_interval)
-            await asyncio.sleep(FLUSH_BATCH_WINDOW)
-            wanted.clear()
-            await self.flush()
+def _open_core(db_path: str | None, on_corrupt: str, *, max_history: int, idempotency_ttl: float | None) -> TaskStore:
+    """Open the core store, moving a corrupt snapshot file aside when asked to."""
+
+    def open_store() -> TaskStore:
+        store: TaskStore = _core_module.TaskStore(db_path, max_history=max_history, idempotency_ttl=idempotency_ttl)
+        return store
+
+    try:
+        return open_store()
+    except CorruptSnapshotError:
+        if on_corrupt != "move_aside" or db_path is None:
+            raise
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db_path + suffix):
+            os.replace(db_path + suffix, f"{db_path}.corrupt-{stamp}{suffix}")
+    logger.error(
+        "fastapi_taskflow: %s is corrupt; moved it aside to %s.corrupt-%s and started with an empty history",
+        db_path,
+        db_path,
+        stamp,
+    )
+    return open_store()
 
 
 def _unserializable_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -79,6 +79,9 @@ class TaskRegistry:
         spec = self._by_name.get(name)
         return (spec.func, spec.config) if spec else None
 
+    def spec_named(self, name: str) -> TaskSpec | None:
+        return self._by_name.get(name)
+
     def is_registered(self, func: TaskFunc) -> bool:
         return func in self._by_func
 

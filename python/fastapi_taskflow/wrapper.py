@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
 
+from .durability import journaled_task_accepted
 from .registry import TaskSpec
 
 if TYPE_CHECKING:
@@ -18,7 +19,8 @@ class TrackedTask(BackgroundTask):
     """One accepted task in the response's background list; calling it runs every attempt.
 
     It holds the live arguments (or, with encryption, only their ciphertext) and the
-    context captured when the task was accepted.
+    context captured when the task was accepted. ``journaled`` tasks are in the
+    snapshot file's journal, so a restart after a crash runs them again.
     """
 
     def __init__(
@@ -30,6 +32,8 @@ class TrackedTask(BackgroundTask):
         kwargs: dict[str, Any],
         tags: dict[str, str],
         payload: bytes | None = None,
+        journaled: bool = False,
+        context: contextvars.Context | None = None,
     ) -> None:
         # BackgroundTask.__init__ is skipped on purpose: it inspects the function on
         # every call, and our spec already knows how the function runs.
@@ -41,7 +45,8 @@ class TrackedTask(BackgroundTask):
         self.spec = spec
         self.tags = tags
         self.payload = payload
-        self.context = contextvars.copy_context()
+        self.journaled = journaled
+        self.context = contextvars.copy_context() if context is None else context
         self._runner = manager.runner
 
     async def __call__(self) -> None:
@@ -82,8 +87,17 @@ class ManagedBackgroundTasks(BackgroundTasks):
         manager = self.task_manager
         spec = manager.spec_for(func)
         config = spec.config
-        # Only persistent tasks store their arguments; the common case skips the call entirely.
-        args_json, kwargs_json = manager.serialize_arguments(spec, args, kwargs) if config.persist else (None, None)
+        cipher = manager.runner.cipher
+        payload = None if cipher is None else cipher.encrypt(args, kwargs)
+        writer = manager.journal_writer(spec)
+        journaled = writer is not None
+        # Persistent and journaled tasks keep their arguments as JSON (refused here when they
+        # cannot be); the common case skips the call entirely.
+        args_json, kwargs_json = (
+            manager.serialize_arguments(spec, args, kwargs)
+            if (journaled or config.persist) and payload is None
+            else (None, None)
+        )
         task_id, created = manager.core.create(
             spec.name,
             executor=spec.executor,
@@ -92,12 +106,15 @@ class ManagedBackgroundTasks(BackgroundTasks):
             idempotency_key=idempotency_key,
             args_json=args_json,
             kwargs_json=kwargs_json,
+            encrypted_payload=payload if journaled else None,
+            journal=journaled,
         )
         if created:
-            cipher = manager.runner.cipher
-            if cipher is None:
-                self.tasks.append(TrackedTask(manager, spec, task_id, args, kwargs, tags or {}))
+            if payload is None:
+                task = TrackedTask(manager, spec, task_id, args, kwargs, tags or {}, journaled=journaled)
             else:
-                payload = cipher.encrypt(args, kwargs)
-                self.tasks.append(TrackedTask(manager, spec, task_id, (), {}, tags or {}, payload))
+                task = TrackedTask(manager, spec, task_id, (), {}, tags or {}, payload, journaled=journaled)
+            self.tasks.append(task)
+            if writer is not None:
+                journaled_task_accepted(writer)
         return task_id

@@ -1,0 +1,163 @@
+"""The snapshot writer: one background task that owns every write to the snapshot file.
+
+Three kinds of demand reach it. A request that accepted journaled tasks waits for a
+*group commit* before its response leaves (``durable()``): every request that asks
+while a write runs shares the next one, so a busy server writes one transaction per
+batch of requests, never one per task. A finished task asks for a write *soon*
+(``soon()``): completions close in time share one transaction after a short window.
+And with nothing asked, the writer still writes every ``interval`` seconds.
+
+A failed write (disk full, read-only file, a lock held too long) loses nothing: the
+core keeps the records as unwritten, the failure shows in ``/tasks/metrics``, and the
+writer retries with a growing pause until a write succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from .errors import SnapshotError
+
+if TYPE_CHECKING:
+    from ._core import TaskStore
+
+logger = logging.getLogger("fastapi_taskflow")
+
+#: Seconds a write asked for by a completion waits, so that completions close in time share it.
+BATCH_WINDOW = 0.05
+
+#: Pause after the first failed write; it doubles with each failure up to the flush interval.
+FIRST_RETRY_PAUSE = 0.5
+
+#: Seconds between two retention passes (as the pure-Python package: every 6 hours).
+RETENTION_PERIOD = 6 * 3600.0
+
+
+class SnapshotWriter:
+    """Writes the core's unwritten records to its snapshot file, from a single task."""
+
+    def __init__(self, core: TaskStore, *, interval: float) -> None:
+        self._core = core
+        self._interval = interval
+        self._retention_days: float | None = None
+        self._wake: asyncio.Event | None = None
+        self._waiters: list[asyncio.Future[bool]] = []
+        self._task: asyncio.Task[None] | None = None
+        # A thread of its own: a write never queues behind the application's blocking work.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskflow-snapshot")
+        self._failures = 0
+        self._stopping = False
+        self._next_retention = 0.0
+        #: Transactions that wrote at least one record (for tests and diagnostics).
+        self.writes = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def set_retention_days(self, days: float | None) -> None:
+        self._retention_days = days
+        self._next_retention = 0.0
+
+    def start(self) -> None:
+        """Start the loop on the running event loop (again after a ``stop()``: apps may restart)."""
+        if self._task is None:
+            self._wake = wake = asyncio.Event()
+            self._task = asyncio.create_task(self._run(wake), name="taskflow-snapshot")
+
+    async def stop(self) -> None:
+        """Stop the loop and make one last write; waiters still pending get its outcome.
+
+        The loop is asked to end rather than cancelled: on Python 3.11, ``wait_for``
+        swallows a cancellation that arrives just as the event it waits for is set.
+        """
+        task, wake = self._task, self._wake
+        self._task = self._wake = None
+        if task is not None and wake is not None:
+            self._stopping = True
+            wake.set()
+            await task
+            self._stopping = False
+        await self.write_now()
+
+    def soon(self) -> None:
+        """Ask for a write within about ``BATCH_WINDOW`` (cheap when one is already asked for)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def durable(self) -> bool:
+        """Wait for a write that starts after this call; True when it succeeded.
+
+        Without a running writer (before start-up, after shutdown) the write happens here.
+        """
+        if self._wake is None:
+            return await self.write_now() is not None
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        return await waiter
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        # The flag is checked before each wait: a stop may come while a write runs.
+        while not self._stopping:
+            pause = self._interval if self._failures == 0 else self._retry_pause()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), pause)
+            if self._stopping:
+                return
+            if not self._waiters:
+                # Only completions asked: let the ones close in time join this write.
+                await asyncio.sleep(BATCH_WINDOW)
+            wake.clear()
+            await self.write_now()
+            await self._retain()
+
+    def _retry_pause(self) -> float:
+        pause: float = FIRST_RETRY_PAUSE * 2.0 ** (self._failures - 1)
+        return min(pause, self._interval)
+
+    async def write_now(self) -> int | None:
+        """Write now; the number of records written, or None when the write failed (logged)."""
+        waiters, self._waiters = self._waiters, []
+        written: int | None = None
+        try:
+            written = await asyncio.get_running_loop().run_in_executor(self._thread, self._core.flush)
+        except SnapshotError as exc:
+            self._failures += 1
+            if self._failures == 1:
+                logger.error("fastapi_taskflow: snapshot write failed; tasks stay in memory, retrying: %s", exc)
+        else:
+            if self._failures:
+                logger.warning("fastapi_taskflow: snapshot writes work again after %d failures", self._failures)
+            self._failures = 0
+            self.writes += written > 0
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(written is not None)
+        return written
+
+    async def _retain(self) -> None:
+        if self._retention_days is None or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + RETENTION_PERIOD
+        with contextlib.suppress(SnapshotError):  # logged; the next pass tries again
+            await self.delete_finished_before(time.time() - self._retention_days * 86_400)
+
+    async def delete_finished_before(self, cutoff: float) -> tuple[int, int]:
+        """Delete finished records that ended before ``cutoff`` (epoch seconds), memory and file.
+
+        Returns ``(deleted_from_memory, deleted_from_file)``; a failure is logged and raised.
+        """
+        cutoff_us = int(cutoff * 1_000_000)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._core.delete_finished_before, cutoff_us
+            )
+        except SnapshotError as exc:
+            logger.error("fastapi_taskflow: deleting old history failed: %s", exc)
+            raise
