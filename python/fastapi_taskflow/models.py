@@ -1,4 +1,4 @@
-"""The data types of the public API: statuses, task and queue configuration, records."""
+"""The data types of the public API: statuses, task and queue configuration, records, audit entries."""
 
 from __future__ import annotations
 
@@ -141,3 +141,26 @@ class TaskRecord:
             executor=data.get("executor"),
             queue=data.get("queue") or "default",
         )
+
+
+@dataclass
+class AuditEntry:
+    """One action taken through the task routes: who did what to which task, and when."""
+
+    entry_id: str
+    action: str
+    task_id: str
+    actor: str
+    timestamp: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The six fields, with the timestamp as ISO 8601 with its UTC offset."""
+        return {
+            "entry_id": self.entry_id,
+            "action": self.action,
+            "task_id": self.task_id,
+            "actor": self.actor,
+            "timestamp": _iso(self.timestamp),
+            "detail": dict(self.detail),
+        }

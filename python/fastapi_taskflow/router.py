@@ -1,14 +1,16 @@
-"""The ``/tasks`` JSON routes, served from JSON the core builds."""
+"""The ``/tasks`` JSON routes, served from JSON the core builds, and the action routes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.params import Depends
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
+from .actions import HISTORY_UNITS, TaskActions
 from .models import TaskStatus
 
 if TYPE_CHECKING:
@@ -35,6 +37,35 @@ def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(content=body, media_type="application/json", headers=headers)
 
 
+def _actor(request: Request) -> str:
+    """Who acts, for the audit log: the session's user with auth (set by its guard), else anonymous."""
+    user = getattr(request.state, "taskflow_user", None)
+    return "anonymous" if user is None else str(user)
+
+
+class BulkRetryRequest(BaseModel):
+    """Body of ``POST /bulk-retry``."""
+
+    task_ids: list[str]
+
+
+class BulkRetryResult(BaseModel):
+    original_task_id: str
+    new_task_id: str
+
+
+class BulkRetryResponse(BaseModel):
+    dispatched: int
+    skipped: int
+    results: list[BulkRetryResult]
+
+
+class HistoryDeleted(BaseModel):
+    deleted: int
+    store: int
+    backend: int
+
+
 def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | None = None) -> APIRouter:
     """Routes over ``manager``'s tasks, to be mounted under the admin prefix.
 
@@ -42,12 +73,9 @@ def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | N
     """
     router = APIRouter(tags=["tasks"], dependencies=dependencies)
     core = manager.core
+    actions = TaskActions(manager)
 
-    async def read(call: Callable[[], T]) -> T:
-        # Reads that may reach the snapshot file run off the event loop thread.
-        if core.db_path is None:
-            return call()
-        return await run_in_threadpool(call)
+    read = actions.off_loop
 
     @router.get("", summary="List tasks, newest first")
     async def list_tasks(
@@ -78,11 +106,56 @@ def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | N
             return Response(content=core.metrics_prometheus(), media_type=OPENMETRICS_MEDIA_TYPE)
         return _json(core.metrics_json())
 
+    # The fixed paths come before "/{task_id}", which would otherwise take them as ids.
+
+    @router.get("/audit", summary="Actions taken through these routes, newest first (at most 1000)")
+    async def audit() -> Response:
+        return _json(orjson.dumps(manager.audit.entries()))
+
+    @router.post(
+        "/bulk-retry",
+        response_model=BulkRetryResponse,
+        summary="Retry the failed, interrupted or rejected tasks among task_ids",
+    )
+    async def bulk_retry(body: BulkRetryRequest, request: Request) -> dict[str, Any]:
+        return await actions.bulk_retry(body.task_ids, _actor(request))
+
+    @router.post(
+        "/retry-failed",
+        response_model=BulkRetryResponse,
+        summary="Retry the failed and interrupted tasks created within a window",
+    )
+    async def retry_failed(
+        request: Request,
+        since: Annotated[str, Query(description="<N>h, <N>d or all")] = "6h",
+        func_name: Annotated[str | None, Query(description="Only tasks of this function name")] = None,
+    ) -> dict[str, Any]:
+        return await actions.retry_failed(since, func_name, _actor(request))
+
+    @router.delete(
+        "/history",
+        response_model=HistoryDeleted,
+        summary="Delete finished tasks that ended before a time, from memory and disk",
+    )
+    async def delete_history(
+        value: Annotated[int, Query(gt=0, description="How many units ago")],
+        unit: Annotated[str, Query(description=" | ".join(HISTORY_UNITS))],
+    ) -> dict[str, int]:
+        return await actions.delete_history(value, unit)
+
     @router.get("/{task_id}", summary="One task")
     async def get_task(task_id: str) -> Response:
         body = await read(lambda: core.get_json(task_id))
         if body is None:
             raise HTTPException(status_code=404, detail="Task not found")
         return _json(body)
+
+    @router.post("/{task_id}/cancel", summary="Cancel a pending or running task")
+    async def cancel_task(task_id: str, request: Request) -> Response:
+        return _json(await actions.cancel(task_id, _actor(request)))
+
+    @router.post("/{task_id}/retry", summary="Run a failed, interrupted or rejected task again, as a new task")
+    async def retry_task(task_id: str, request: Request) -> Response:
+        return _json(await actions.retry(task_id, _actor(request)))
 
     return router
