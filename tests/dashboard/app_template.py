@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
-from fastapi_taskflow import ManagedBackgroundTasks, TaskAdmin, TaskManager
+from fastapi_taskflow import ManagedBackgroundTasks, TaskAdmin, TaskManager, actions
 from fastapi_taskflow.dashboard import stream
 from fastapi_taskflow.task_logging import task_log
 
@@ -64,12 +67,31 @@ async def wait_for_gate(gate: str) -> None:
     task_log(f"gate {gate} opened")
 
 
+@task_manager.task(persist=True)
+async def journaled_gate(gate: str) -> None:
+    # Like wait_for_gate, but journaled: a killed server leaves it to the next one, which marks it interrupted.
+    await _gates.setdefault(gate, asyncio.Event()).wait()
+
+
+@task_manager.task()
+async def flaky(gate: str) -> None:
+    # Fails until the test opens the gate, so a retry of it succeeds.
+    if not _gates.setdefault(gate, asyncio.Event()).is_set():
+        raise RuntimeError(f"gate {gate} is closed")
+    task_log(f"gate {gate} was open")
+
+
 @app.post("/enqueue/{kind}")
 async def enqueue(kind: str, tasks: ManagedBackgroundTasks, value: str = "x") -> dict[str, str]:
     if kind == "report":
         task_id = tasks.add_task(send_report, value, tags={"customer": value})
     elif kind == "charge":
         task_id = tasks.add_task(charge_card, 42)
+    elif kind == "journaled-gate":
+        _gates.setdefault(value, asyncio.Event())
+        task_id = tasks.add_task(journaled_gate, value)
+    elif kind == "flaky":
+        task_id = tasks.add_task(flaky, value, tags={"gate": value})
     else:
         _gates.setdefault(value, asyncio.Event())
         task_id = tasks.add_task(wait_for_gate, value)
@@ -80,3 +102,30 @@ async def enqueue(kind: str, tasks: ManagedBackgroundTasks, value: str = "x") ->
 async def open_gate(gate: str) -> dict[str, bool]:
     _gates.setdefault(gate, asyncio.Event()).set()
     return {"ok": True}
+
+
+@app.post("/enqueue-held/{gate}")
+async def enqueue_held(gate: str, tasks: ManagedBackgroundTasks) -> StreamingResponse:
+    """Adds a task, then holds the response until the gate opens: the task stays pending till then.
+
+    Background tasks start once the response is sent, so a held response is the honest way to
+    keep a task pending.
+    """
+    event = _gates.setdefault(gate, asyncio.Event())
+    task_id = tasks.add_task(send_report, gate, tags={"held": gate})
+
+    async def body() -> AsyncIterator[bytes]:
+        yield json.dumps({"task_id": task_id}).encode() + b"\n"
+        await event.wait()
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+_real_now_us = actions.now_us
+
+
+@app.post("/debug/clock-ahead/{seconds}")
+async def clock_ahead(seconds: int) -> dict[str, int]:
+    """Moves the clock of DELETE /tasks/history forward, so that just-finished tasks count as old."""
+    actions.now_us = lambda: _real_now_us() + seconds * 1_000_000
+    return {"ahead": seconds}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,6 +22,35 @@ class Server(RunningServer):
         response.raise_for_status()
         task_id: str = response.json()["task_id"]
         return task_id
+
+    @contextlib.contextmanager
+    def enqueue_held(self, gate: str) -> Iterator[str]:
+        """A task kept pending by its held response, until the block ends (which opens the gate)."""
+        with self.client.stream("POST", f"/enqueue-held/{gate}") as response:
+            response.raise_for_status()
+            lines = response.iter_lines()
+            task_id: str = json.loads(next(lines))["task_id"]
+            try:
+                yield task_id
+            finally:
+                self.client.post(f"/open/{gate}").raise_for_status()
+                for _ in lines:
+                    pass
+
+    def wait_written(self, timeout: float = 15.0) -> None:
+        """Until the snapshot file holds every change (the metrics' ``snapshot.unwritten`` is 0)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = self.client.get("/tasks/metrics").json()["snapshot"]
+            if snapshot["unwritten"] == 0 or time.monotonic() > deadline:
+                assert snapshot["unwritten"] == 0, snapshot
+                return
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """Kill the server as a crash would (SIGKILL): nothing runs at exit."""
+        self.process.kill()
+        self.process.wait()
 
     def wait_status(self, task_id: str, status: str, timeout: float = 15.0) -> dict[str, object]:
         deadline = time.monotonic() + timeout

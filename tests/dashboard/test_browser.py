@@ -5,73 +5,18 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import playwright.sync_api as playwright_sync
-import pytest
 
-from .server import Server, serve
+from .browsing import BROWSER_TESTS, Watched, expect_live, row
+from .server import serve
 
-CHROMIUM = Path("/usr/bin/chromium")
-#: Set by .ci/run: there a missing browser is a failure, not a skip.
-BROWSER_REQUIRED = os.environ.get("TASKFLOW_REQUIRE_BROWSER") == "1"
 # The README's picture is refreshed with `make screenshot`; a plain test run leaves the tree alone.
 SCREENSHOT = Path(os.environ.get("TASKFLOW_SCREENSHOT", Path(tempfile.gettempdir()) / "taskflow-dashboard.png"))
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists() and not BROWSER_REQUIRED, reason="needs Debian's chromium: apt-get install chromium"
-    ),
-]
-
-Page = Any
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
-
-
-class Watched:
-    """A page whose console errors, page errors and requests to other hosts are recorded."""
-
-    def __init__(self, browser: Any, server: Server, **context: Any) -> None:
-        self.context = browser.new_context(**context)
-        self.page: Page = self.context.new_page()
-        self.page.set_default_timeout(15_000)
-        self.errors: list[str] = []
-        self.foreign: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", self._request)
-        self.origin = server.url
-
-    def _request(self, request: Any) -> None:
-        if not (request.url.startswith(self.origin) or request.url.startswith(("data:", "blob:"))):
-            self.foreign.append(request.url)
-
-    def close(self) -> None:
-        self.context.close()
-
-
-def row(page: Page, task_id: str, status: str | None = None) -> Any:
-    selector = f'#tasks tbody tr[data-id="{task_id}"]'
-    if status:
-        selector += f'[data-status="{status}"]'
-    return page.locator(selector)
-
-
-def expect_live(page: Page) -> None:
-    playwright_sync.expect(page.locator("#live")).to_have_attribute("data-state", "live")
+pytestmark = BROWSER_TESTS
 
 
 def test_live_dashboard(browser: Any, tmp_path: Path) -> None:
@@ -169,7 +114,7 @@ def test_live_dashboard(browser: Any, tmp_path: Path) -> None:
 
         # Registered tasks tab.
         page.locator('.tabs button[data-tab="registered"]').click()
-        expect(page.locator("#registered tbody tr")).to_have_count(3)
+        expect(page.locator("#registered tbody tr")).to_have_count(5)
         expect(page.locator("#registered")).to_contain_text("charge_card")
         page.locator('.tabs button[data-tab="tasks"]').click()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from importlib.resources import files
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -45,8 +47,21 @@ def test_page_and_assets_are_served_with_a_strict_policy() -> None:
         assert not [p for p in schema["paths"] if "dashboard" in p or "auth" in p]
 
 
-def test_registered_tasks_and_arguments_routes() -> None:
-    manager = TaskManager()
+def test_page_config_tells_whether_a_retry_replaces_its_original() -> None:
+    # The page drops a retried row itself when the retry deletes it: no stream event says so.
+    for replaces in (True, False):
+        app = FastAPI()
+        TaskAdmin(app, TaskManager(retry_replaces_original=replaces))
+        with TestClient(app) as client:
+            page = client.get("/tasks/dashboard").text
+        found = re.search(r'<script id="taskflow-config" type="application/json">(.*?)</script>', page)
+        assert found is not None
+        assert json.loads(found[1])["retryReplaces"] is replaces
+
+
+def test_registered_tasks_and_arguments_routes(tmp_path: Path) -> None:
+    # Arguments are stored (as JSON) for journaled tasks: persist=True with a snapshot file.
+    manager = TaskManager(snapshot_db=str(tmp_path / "tasks.db"))
 
     @manager.task(retries=2, delay=0.5, backoff=3.0, persist=True, name="bill")
     def bill(customer: str, amount: int = 0) -> None: ...

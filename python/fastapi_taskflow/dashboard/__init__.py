@@ -89,6 +89,8 @@ def create_dashboard_router(
         "auth": auth is not None,
         "displayArgs": display_func_args,
         "pollInterval": poll_interval,
+        # Whether a retry deletes the record it retries (the page then drops that row itself).
+        "retryReplaces": task_manager.retry_replaces_original,
     }
     page = _render_index(title, config, version)
     guard = [Depends(auth.require)] if auth is not None else []

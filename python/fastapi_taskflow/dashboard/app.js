@@ -1,9 +1,13 @@
 /* fastapi-taskflow dashboard: plain JavaScript, no build step, no network fetch beyond this app.
  *
- * The table shows one page of the server's list (GET {base}?status&name&limit&cursor), and is
+ * The table shows one page of the server's list (GET {base}?status&name&tag&limit&cursor), and is
  * kept current by the numbered deltas of GET {base}/dashboard/stream. Each delta carries the
  * whole record (without its logs), so applying it is an upsert, and applying one twice is
  * harmless; the browser's EventSource resumes after the last id it saw.
+ *
+ * Actions (retry, bulk retry, cancel, clear history) go through the task routes after an in-page
+ * confirmation; their effects come back through the same stream. Deletions have no stream event,
+ * so the rows a deletion removes are dropped here, or the page is reloaded.
  */
 (function () {
   "use strict";
@@ -11,6 +15,8 @@
   const config = JSON.parse(document.getElementById("taskflow-config").textContent);
   const base = location.pathname.replace(/\/dashboard\/?$/, "");
   const STATUSES = ["pending", "running", "success", "failed", "interrupted", "cancelled", "rejected"];
+  const RETRYABLE = new Set(["failed", "interrupted", "rejected"]);
+  const CANCELLABLE = new Set(["pending", "running"]);
   const CHART_SECONDS = 300;
 
   const state = {
@@ -19,7 +25,7 @@
     page: 0,
     next: null,
     pageSize: Number(localStorage.getItem("taskflow.pageSize")) || 30,
-    filters: { status: "", name: "", window: 0 },
+    filters: { status: "", name: "", tag: "", window: 0 },
     sort: null, // {key, dir}
     paused: false,
     newWhilePaused: 0,
@@ -36,6 +42,23 @@
     registered: [],
     args: null, // {id, text} of the detail panel's arguments
     argsRequested: null,
+    note: null, // {id, kind, parts}: the result of an action, shown in that task's panel
+    audit: null, // entries of GET {base}/audit once the tab was opened
+  };
+
+  /* The dead letters: one page merged from one server list per status, newest first. A
+     position holds, per status, the cursor to continue from (null: from the newest; false:
+     that list is exhausted). */
+  const dead = {
+    statuses: ["failed", "interrupted"],
+    positions: [{}],
+    page: 0,
+    next: null,
+    rows: [],
+    selected: new Set(),
+    loading: false,
+    loaded: false,
+    pending: [],
   };
 
   const $ = (id) => document.getElementById(id);
@@ -74,7 +97,7 @@
 
   function fmtTime(iso, withDate) {
     if (!iso) return "–";
-    const d = new Date(iso);
+    const d = new Date(typeof iso === "number" ? iso * 1000 : iso);
     const today = new Date();
     const sameDay = d.toDateString() === today.toDateString();
     const time = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
@@ -103,6 +126,107 @@
     return response;
   }
 
+  function errorText(data, response) {
+    const detail = data && data.detail;
+    if (typeof detail === "string") return detail;
+    if (Array.isArray(detail)) return detail.map((d) => (d && d.msg) || JSON.stringify(d)).join("; ");
+    return response.status + " " + (response.statusText || "error");
+  }
+
+  /* A state-changing request. Same-origin fetches carry Sec-Fetch-Site: same-origin (and
+     Origin), which is what the server's cross-site guard checks; the session cookie rides along. */
+  let acting = false; // one action at a time: a second click while one is on its way does nothing
+
+  async function send(method, path, body) {
+    if (acting) return { ok: false, status: 0, error: "another action is still on its way" };
+    acting = true;
+    try {
+      return await sendNow(method, path, body);
+    } finally {
+      acting = false;
+    }
+  }
+
+  async function sendNow(method, path, body) {
+    const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(base + path, init);
+    } catch (error) {
+      return { ok: false, status: 0, error: "the server could not be reached (" + error.message + ")" };
+    }
+    if (response.status === 401) {
+      toLogin();
+      return { ok: false, status: 401, error: "signed out" };
+    }
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (_) {
+      /* no JSON body */
+    }
+    if (!response.ok) return { ok: false, status: response.status, error: errorText(data, response) };
+    return { ok: true, status: response.status, data };
+  }
+
+  function count(value) {
+    return Array.isArray(value) ? value.length : Number(value) || 0;
+  }
+
+  function plural(n, word) {
+    return fmtCount(n) + " " + word + (n === 1 ? "" : "s");
+  }
+
+  /* A message above the tabs' content: the outcome of a bulk action. */
+  function flash(kind, ...parts) {
+    const el = $("flash");
+    $("flash-text").replaceChildren(...parts.flat(Infinity).map((p) => (p instanceof Node ? p : document.createTextNode(String(p)))));
+    el.dataset.kind = kind;
+    el.hidden = false;
+  }
+
+  function taskLink(taskId, attrs) {
+    return h("a", Object.assign({ href: "#", class: "task-link", "data-task": taskId, text: taskId.slice(0, 8), title: taskId }, attrs || {}));
+  }
+
+  /* The confirmation dialog: resolves true when the user confirms. Escape or the other button
+     dismisses it. Enter in a field of the body confirms (the first button is the default one). */
+  function confirmDialog(options) {
+    const dialog = $("confirm");
+    $("confirm-title").textContent = options.title;
+    $("confirm-body").replaceChildren(...[options.body].flat(Infinity).filter(Boolean).map((p) => (p instanceof Node ? p : h("p", { text: p }))));
+    const ok = $("confirm-ok");
+    ok.textContent = options.confirm || "OK";
+    ok.className = options.danger ? "danger" : "primary";
+    $("confirm-cancel").textContent = options.dismiss || "Cancel";
+    return new Promise((resolve) => {
+      dialog.returnValue = "";
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+      dialog.showModal();
+      const field = dialog.querySelector("#confirm-body input, #confirm-body select");
+      (field || (options.danger ? $("confirm-cancel") : ok)).focus();
+    });
+  }
+
+  /* Records a deletion removed (a retry that replaces its original, cleared history). */
+  function dropRows(ids) {
+    const gone = new Set(ids);
+    if (!gone.size) return;
+    state.rows = state.rows.filter((t) => !gone.has(t.task_id));
+    dead.rows = dead.rows.filter((t) => !gone.has(t.task_id));
+    for (const id of gone) dead.selected.delete(id);
+    scheduleRender();
+  }
+
+  function afterAction() {
+    loadMetrics();
+    if (state.audit !== null) loadAudit();
+  }
+
   function toLogin() {
     if (config.auth) location.assign(base + "/auth/login");
   }
@@ -119,6 +243,7 @@
     const params = new URLSearchParams();
     if (state.filters.status) params.set("status", state.filters.status);
     if (state.filters.name) params.set("name", state.filters.name);
+    if (state.filters.tag) params.set("tag", state.filters.tag);
     params.set("limit", String(state.pageSize));
     if (cursor) params.set("cursor", cursor);
     return "?" + params.toString();
@@ -131,6 +256,12 @@
   function matches(task) {
     if (state.filters.status && task.status !== state.filters.status) return false;
     if (state.filters.name && task.func_name !== state.filters.name) return false;
+    if (state.filters.tag) {
+      const at = state.filters.tag.indexOf("=");
+      const tags = task.tags || {};
+      const key = state.filters.tag.slice(0, at);
+      if (!Object.prototype.hasOwnProperty.call(tags, key) || tags[key] !== state.filters.tag.slice(at + 1)) return false;
+    }
     const cutoff = windowCutoff();
     if (cutoff !== null && Date.parse(task.created_at) < cutoff) return false;
     return true;
@@ -209,6 +340,7 @@
     requestAnimationFrame(() => {
       renderQueued = false;
       render();
+      if (dead.loaded) renderDead();
     });
   }
 
@@ -220,7 +352,7 @@
       const tags = Object.entries(task.tags || {}).map(([k, v]) => h("span", { class: "tag", text: k + "=" + v }));
       const tr = h(
         "tr",
-        { "data-id": task.task_id, "data-status": task.status, class: task.task_id === state.selected ? "selected" : null },
+        { "data-id": task.task_id, "data-status": task.status, tabindex: "0", class: task.task_id === state.selected ? "selected" : null },
         h("td", {}, h("span", { class: "badge " + task.status, text: task.status })),
         h("td", { class: "fn", text: task.func_name, title: task.func_name }),
         h("td", { class: "tags" }, tags),
@@ -288,8 +420,10 @@
     const task = event.task;
     if (!task) return;
     applyRecord(task, event.type === "created");
+    applyDead(task);
     if (state.detail && task.task_id === state.selected) {
-      state.detail = Object.assign({}, task, { logs: state.detail.logs });
+      // Stream records lack the detail-only keys (retry_of, logs_dropped): keep those.
+      state.detail = Object.assign({}, state.detail, task, { logs: state.detail.logs });
       renderDetail();
     }
   }
@@ -358,6 +492,7 @@
   function reloadAll() {
     loadPage();
     loadMetrics();
+    if (dead.loaded) loadDead();
     if (state.selected) openDetail(state.selected);
   }
 
@@ -397,6 +532,29 @@
       list.replaceChildren(...[...names].sort().map((n) => h("option", { value: n })));
     }
     if (!$("tab-registered").hidden) renderRegistered();
+    renderSnapshot(m.snapshot);
+  }
+
+  /* The snapshot file's health: hidden without a file, a warning with the error when writes fail. */
+  function renderSnapshot(snapshot) {
+    const el = $("snapshot");
+    if (!snapshot) {
+      el.hidden = true;
+      return;
+    }
+    el.hidden = false;
+    const waiting = snapshot.unwritten ? plural(snapshot.unwritten, "record") + " waiting to be written" : "nothing waiting";
+    if (snapshot.ok) {
+      el.dataset.state = "ok";
+      el.textContent = "Saved";
+      el.title = "Snapshot file healthy: " + waiting + (snapshot.last_write_at ? "; last write " + fmtTime(snapshot.last_write_at, true) : "");
+    } else {
+      el.dataset.state = "warn";
+      el.textContent = "Snapshot failing: " + (snapshot.last_error || "write error");
+      el.title =
+        "The snapshot file cannot be written (" + plural(snapshot.failed_writes || 0, "failed write") + ", " + waiting + "): " +
+        (snapshot.last_error || "unknown error") + ". Tasks keep running from memory.";
+    }
   }
 
   /* Charts: our own SVG. x spans the last five minutes; y scales to the largest value. */
@@ -473,12 +631,20 @@
       return;
     }
     if (response.status === 404) {
-      if (state.selected === taskId) closeDetail();
-      notice("No task with id " + taskId);
+      if (state.selected !== taskId) return;
+      if (state.detail && state.detail.task_id !== taskId) {
+        // A link to a task that left the history: keep the panel on the task it showed.
+        state.selected = state.detail.task_id;
+        flash("error", "Task " + taskId + " is no longer in the history.");
+      } else {
+        closeDetail();
+        notice("No task with id " + taskId);
+      }
       return;
     }
     if (!response.ok || state.selected !== taskId) return;
     state.detail = await response.json();
+    if (state.note && state.note.id !== taskId) state.note = null;
     $("panel").hidden = false;
     renderDetail();
     scheduleRender();
@@ -487,8 +653,59 @@
   function closeDetail() {
     state.selected = null;
     state.detail = null;
+    state.note = null;
     $("panel").hidden = true;
     scheduleRender();
+  }
+
+  function setNote(taskId, kind, ...parts) {
+    state.note = { id: taskId, kind, parts: parts.flat() };
+    if (state.detail && state.detail.task_id === taskId) renderDetail();
+  }
+
+  async function retryTask(t) {
+    const body = [
+      "Runs " + t.func_name + " again as a new task, with the same arguments and tags.",
+      config.retryReplaces ? h("p", { class: "warn", text: "The new task replaces this one: this record leaves the history." }) : null,
+      t.status === "rejected" ? h("p", { class: "warn", text: "This task was rejected (a full queue): it may be rejected again." }) : null,
+    ];
+    const ok = await confirmDialog({ title: "Retry " + t.func_name + "?", body, confirm: "Retry" });
+    if (!ok) return;
+    const result = await send("POST", "/" + encodeURIComponent(t.task_id) + "/retry");
+    if (!result.ok) {
+      setNote(t.task_id, "error", "Retry refused: " + result.error);
+      return;
+    }
+    const newId = result.data.task_id;
+    if (config.retryReplaces) dropRows([t.task_id]);
+    afterAction();
+    state.note = { id: newId, kind: "ok", parts: ["New task created by retrying ", taskLink(t.task_id, { id: "note-original" }), "."] };
+    await openDetail(newId);
+  }
+
+  async function cancelTask(t) {
+    const body = [
+      t.status === "pending"
+        ? "The task has not started: it will not run."
+        : "The task is running: its current attempt is stopped and it ends as cancelled.",
+    ];
+    const ok = await confirmDialog({ title: "Cancel " + t.func_name + "?", body, confirm: "Cancel task", dismiss: "Keep it", danger: true });
+    if (!ok) return;
+    const result = await send("POST", "/" + encodeURIComponent(t.task_id) + "/cancel");
+    if (!result.ok) {
+      setNote(t.task_id, "error", "Cancel refused: " + result.error);
+      return;
+    }
+    afterAction();
+    const task = result.data.task;
+    const done = task && task.status === "cancelled";
+    // A running task may still show running in the answer, and the stream may have brought
+    // "cancelled" already: only a finished record can be applied without going back in time.
+    if (done && state.detail && state.detail.task_id === t.task_id) {
+      state.detail = Object.assign({}, state.detail, task, { logs: state.detail.logs });
+      applyRecord(task, false);
+    }
+    setNote(t.task_id, "ok", done ? "Cancelled." : "Cancellation requested: the status follows live.");
   }
 
   async function loadArguments(taskId) {
@@ -498,7 +715,7 @@
       const data = await response.json();
       const text = data.stored
         ? "args: " + JSON.stringify(data.args) + "\nkwargs: " + JSON.stringify(data.kwargs)
-        : "Not stored: only tasks registered with persist=True keep their arguments.";
+        : "Not stored: only tasks of persist=True functions keep their arguments, with a snapshot file.";
       state.args = { id: taskId, text };
       const el = $("detail-args");
       if (el) el.textContent = text;
@@ -574,6 +791,15 @@
       ["Source", t.source || "manual"],
       ["Priority", t.priority === null || t.priority === undefined ? "–" : String(t.priority)],
     ];
+    if (t.retry_of) facts.push(["Retry of", taskLink(t.retry_of, { id: "detail-retry-of" })]);
+    const actions = [];
+    if (RETRYABLE.has(t.status)) {
+      actions.push(h("button", { type: "button", class: "primary", id: "detail-retry", text: "Retry", onclick: () => retryTask(t) }));
+    }
+    if (CANCELLABLE.has(t.status)) {
+      actions.push(h("button", { type: "button", class: "danger-outline", id: "detail-cancel", text: "Cancel", onclick: () => cancelTask(t) }));
+    }
+    const note = state.note && state.note.id === t.task_id ? state.note : null;
     const parts = [
       h(
         "div",
@@ -583,8 +809,10 @@
         h("button", { type: "button", class: "icon", id: "detail-close", text: "Close", onclick: closeDetail }),
       ),
       h("div", { class: "idline" }, h("code", { id: "detail-id", text: t.task_id }), copy),
+      actions.length ? h("div", { class: "actions", id: "detail-actions" }, actions) : null,
+      note ? h("p", { class: "result " + note.kind, id: "detail-result", role: "status" }, note.parts) : null,
       h("h3", { text: "Timings" }),
-      h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])),
+      h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)])),
       tags.length ? [h("h3", { text: "Tags" }), h("div", {}, tags.map(([k, v]) => h("span", { class: "tag", text: k + "=" + v })))] : null,
       config.displayArgs ? [h("h3", { text: "Arguments" }), h("pre", { class: "block", id: "detail-args", text: state.args && state.args.id === t.task_id ? state.args.text : "Loading…" })] : null,
       t.error || t.stacktrace
@@ -595,6 +823,7 @@
           ]
         : null,
       h("h3", { text: "Logs" }),
+      t.logs_dropped ? h("p", { class: "muted small", id: "detail-logs-dropped", text: plural(t.logs_dropped, "earlier line") + " dropped (the per-task log bound)." }) : null,
       logs,
       stats
         ? [
@@ -692,13 +921,277 @@
     $("registered-empty").hidden = rows.length > 0;
   }
 
+  /* ------------------------------------------------------- dead letters */
+
+  async function fetchList(status, cursor, limit) {
+    const params = new URLSearchParams({ status, limit: String(limit) });
+    if (cursor) params.set("cursor", cursor);
+    const response = await api("?" + params.toString());
+    if (!response.ok) throw new Error("status " + response.status);
+    return { rows: await response.json(), next: response.headers.get("X-Next-Cursor") };
+  }
+
+  let deadToken = 0;
+  async function loadDead() {
+    const token = ++deadToken;
+    dead.loading = true;
+    const at = dead.positions[dead.page] || {};
+    const size = state.pageSize;
+    try {
+      const open = dead.statuses.filter((s) => at[s] !== false);
+      const lists = await Promise.all(open.map((s) => fetchList(s, at[s] || null, size)));
+      const merged = [];
+      open.forEach((s, i) => lists[i].rows.forEach((task) => merged.push({ task, s })));
+      merged.sort((a, b) => (orderKey(a.task) < orderKey(b.task) ? 1 : -1));
+      const taken = merged.slice(0, size);
+      // Where each list goes on from: after its last row shown. A list only partly shown is
+      // asked again for just that many rows, so its cursor stays the server's own.
+      const next = {};
+      let more = false;
+      for (const [i, s] of open.entries()) {
+        const used = taken.filter((x) => x.s === s).length;
+        if (used === lists[i].rows.length) next[s] = lists[i].next || false;
+        else if (used === 0) next[s] = at[s] || null;
+        else next[s] = (await fetchList(s, at[s] || null, used)).next || false;
+        if (next[s] !== false) more = true;
+      }
+      for (const s of dead.statuses) if (at[s] === false) next[s] = false;
+      if (token !== deadToken) return;
+      dead.rows = taken.map((x) => x.task);
+      dead.next = more ? next : null;
+      dead.loaded = true;
+    } catch (error) {
+      if (token === deadToken) flash("error", "Could not load the failed tasks: " + error.message);
+    } finally {
+      if (token === deadToken) {
+        dead.loading = false;
+        const queued = dead.pending;
+        dead.pending = [];
+        for (const task of queued) applyDead(task);
+        renderDead();
+      }
+    }
+  }
+
+  function resetDead() {
+    dead.positions = [{}];
+    dead.page = 0;
+    dead.next = null;
+    loadDead();
+  }
+
+  /* A record from the stream: a task that just failed joins the first page; one that left the
+     failed statuses leaves it. */
+  function applyDead(task) {
+    if (!dead.loaded) return;
+    if (dead.loading) {
+      dead.pending.push(task);
+      return;
+    }
+    const index = dead.rows.findIndex((t) => t.task_id === task.task_id);
+    const ok = dead.statuses.includes(task.status);
+    if (index >= 0) {
+      if (ok) dead.rows[index] = task;
+      else {
+        dead.rows.splice(index, 1);
+        dead.selected.delete(task.task_id);
+      }
+      scheduleRender();
+      return;
+    }
+    if (!ok || dead.page !== 0) return;
+    const key = orderKey(task);
+    const last = dead.rows[dead.rows.length - 1];
+    if (dead.next && last && key < orderKey(last)) return; // belongs to a later page
+    let at = dead.rows.findIndex((t) => orderKey(t) < key);
+    if (at < 0) at = dead.rows.length;
+    dead.rows.splice(at, 0, task);
+    if (dead.rows.length > state.pageSize * 3) resetDead();
+    scheduleRender();
+  }
+
+  function renderDead() {
+    const rows = dead.rows.map((task) => {
+      const id = task.task_id;
+      const pick = h("input", { type: "checkbox", class: "pick", "aria-label": "Select task " + id.slice(0, 8), checked: dead.selected.has(id) });
+      return h(
+        "tr",
+        { "data-id": id, "data-status": task.status, tabindex: "0", class: id === state.selected ? "selected" : null },
+        h("td", { class: "c-check" }, pick),
+        h("td", {}, h("span", { class: "badge " + task.status, text: task.status })),
+        h("td", { class: "fn", text: task.func_name, title: task.func_name }),
+        h("td", { class: "error c-error", text: task.error || "", title: task.error || "" }),
+        h("td", { text: fmtTime(task.created_at), title: new Date(task.created_at).toString() }),
+        h("td", { class: "num attempts", text: String((task.retries_used || 0) + 1) }),
+        h("td", { class: "id", text: id.slice(0, 8), title: id }),
+      );
+    });
+    $("dead").tBodies[0].replaceChildren(...rows);
+    $("dead-empty").hidden = rows.length > 0 || dead.loading;
+    const onPage = dead.rows.filter((t) => dead.selected.has(t.task_id)).length;
+    const all = $("dead-all");
+    all.checked = onPage > 0 && onPage === dead.rows.length;
+    all.indeterminate = onPage > 0 && onPage < dead.rows.length;
+    all.disabled = dead.rows.length === 0;
+    const button = $("dead-retry-selected");
+    button.disabled = dead.selected.size === 0;
+    button.textContent = dead.selected.size ? "Retry selected (" + dead.selected.size + ")" : "Retry selected";
+    $("dead-prev").disabled = dead.page === 0;
+    $("dead-first").disabled = dead.page === 0;
+    $("dead-next").disabled = !dead.next;
+    $("dead-page-info").textContent = "Page " + (dead.page + 1) + (dead.rows.length ? " · " + dead.rows.length + " rows" : "");
+  }
+
+  function reportRetries(data, what) {
+    const dispatched = count(data.dispatched);
+    const skipped = count(data.skipped);
+    const results = data.results || [];
+    if (config.retryReplaces) dropRows(results.map((r) => r.original_task_id));
+    const links = results.slice(0, 5).map((r, i) => [i ? ", " : " New: ", taskLink(r.new_task_id)]);
+    const more = results.length > 5 ? " and " + (results.length - 5) + " more" : "";
+    flash(
+      dispatched ? "ok" : "info",
+      what + ": " + plural(dispatched, "task") + " retried" + (skipped ? ", " + fmtCount(skipped) + " skipped (no longer failed, or not registered)" : "") + ".",
+      links,
+      results.length ? more + "." : "",
+    );
+  }
+
+  async function retrySelected() {
+    const ids = [...dead.selected];
+    if (!ids.length) return;
+    const ok = await confirmDialog({
+      title: "Retry " + plural(ids.length, "task") + "?",
+      body: [
+        "Each one runs again as a new task, with the same arguments and tags.",
+        config.retryReplaces ? h("p", { class: "warn", text: "The new tasks replace these records in the history." }) : null,
+      ],
+      confirm: "Retry " + ids.length,
+    });
+    if (!ok) return;
+    const result = await send("POST", "/bulk-retry", { task_ids: ids });
+    if (!result.ok) {
+      flash("error", "Bulk retry refused: " + result.error);
+      return;
+    }
+    dead.selected.clear();
+    reportRetries(result.data, "Bulk retry");
+    afterAction();
+    loadDead();
+  }
+
+  async function retryWindow() {
+    const select = $("dead-window");
+    const label = select.options[select.selectedIndex].text;
+    const ok = await confirmDialog({
+      title: "Retry every failed task of " + label + "?",
+      body: [
+        "Every failed or interrupted task created in " + label + " runs again as a new task. Rejected tasks are left alone.",
+        config.retryReplaces ? h("p", { class: "warn", text: "The new tasks replace the failed records in the history." }) : null,
+      ],
+      confirm: "Retry all",
+    });
+    if (!ok) return;
+    const result = await send("POST", "/retry-failed?since=" + encodeURIComponent(select.value));
+    if (!result.ok) {
+      flash("error", "Retry refused: " + result.error);
+      return;
+    }
+    reportRetries(result.data, "Retry of " + label);
+    afterAction();
+    loadDead();
+  }
+
+  /* ------------------------------------------------------------- audit tab */
+
+  async function loadAudit() {
+    try {
+      const response = await api("/audit");
+      if (!response.ok) {
+        flash("error", "Could not load the audit log: " + response.status);
+        return;
+      }
+      state.audit = await response.json();
+    } catch (_) {
+      return;
+    }
+    renderAudit();
+  }
+
+  function renderAudit() {
+    const entries = state.audit || [];
+    const rows = entries.map((entry) => {
+      const detail = entry.detail === null || entry.detail === undefined ? "" : typeof entry.detail === "string" ? entry.detail : JSON.stringify(entry.detail);
+      const task = entry.task_id || "";
+      // Bulk actions and queue edits name no single task.
+      const isTask = task && task !== "bulk" && !/queue/.test(entry.action || "");
+      return h(
+        "tr",
+        { "data-entry": entry.entry_id, "data-action": entry.action, class: "static" },
+        h("td", { text: fmtTime(entry.timestamp, true) }),
+        h("td", {}, h("span", { class: "action-name", text: entry.action })),
+        h("td", { class: "id" }, isTask ? taskLink(task) : task),
+        h("td", { class: "c-actor", text: entry.actor || "" }),
+        h("td", { class: "detail c-detail", text: detail, title: detail }),
+      );
+    });
+    $("audit").tBodies[0].replaceChildren(...rows);
+    $("audit-empty").hidden = rows.length > 0;
+  }
+
+  /* ------------------------------------------------------- clear history */
+
+  async function clearHistory() {
+    const value = h("input", { type: "number", id: "clear-value", min: "1", step: "1", required: true, inputmode: "numeric", "aria-label": "How many" });
+    value.value = localStorage.getItem("taskflow.clearValue") || "7";
+    const unit = h(
+      "select",
+      { id: "clear-unit", "aria-label": "Unit" },
+      h("option", { value: "min", text: "minutes" }),
+      h("option", { value: "hour", text: "hours" }),
+      h("option", { value: "day", text: "days" }),
+    );
+    unit.value = localStorage.getItem("taskflow.clearUnit") || "day";
+    const ok = await confirmDialog({
+      title: "Clear history",
+      body: [
+        h("label", { for: "clear-value", text: "Delete finished tasks that ended more than" }),
+        h("div", { class: "fields" }, value, unit, h("span", { text: "ago" })),
+        h("p", { class: "muted", text: "From memory and from the snapshot file. Pending and running tasks stay. This cannot be undone." }),
+      ],
+      confirm: "Delete",
+      danger: true,
+    });
+    if (!ok) return;
+    localStorage.setItem("taskflow.clearValue", value.value);
+    localStorage.setItem("taskflow.clearUnit", unit.value);
+    const params = new URLSearchParams({ value: value.value, unit: unit.value });
+    const result = await send("DELETE", "/history?" + params.toString());
+    if (!result.ok) {
+      flash("error", "History not cleared: " + result.error);
+      return;
+    }
+    const deleted = count(result.data.deleted);
+    flash("ok", "History cleared: " + plural(deleted, "finished task") + " deleted.");
+    // No stream event tells which records went: reload what is on screen.
+    loadPage();
+    if (dead.loaded) loadDead();
+    if (state.selected) openDetail(state.selected);
+    afterAction();
+  }
+
+  const TABS = ["tasks", "dead", "audit", "registered"];
+
   function selectTab(name) {
     for (const button of document.querySelectorAll(".tabs button")) {
-      button.setAttribute("aria-selected", String(button.dataset.tab === name));
+      const selected = button.dataset.tab === name;
+      button.setAttribute("aria-selected", String(selected));
+      button.tabIndex = selected ? 0 : -1;
     }
-    $("tab-tasks").hidden = name !== "tasks";
-    $("tab-registered").hidden = name !== "registered";
+    for (const tab of TABS) $("tab-" + tab).hidden = tab !== name;
     if (name === "registered") loadRegistered();
+    if (name === "dead") loadDead();
+    if (name === "audit") loadAudit();
   }
 
   /* ------------------------------------------------------------ controls */
@@ -772,6 +1265,20 @@
       resetPaging();
     });
     $("export").addEventListener("click", exportCsv);
+    $("clear-history").addEventListener("click", clearHistory);
+    let tagTimer = null;
+    $("tag").addEventListener("input", (e) => {
+      clearTimeout(tagTimer);
+      tagTimer = setTimeout(() => {
+        const value = e.target.value.trim();
+        const valid = !value || value.indexOf("=") > 0;
+        e.target.setAttribute("aria-invalid", String(!valid));
+        e.target.title = valid ? "" : "Write the tag as key=value";
+        if (!valid || value === state.filters.tag) return;
+        state.filters.tag = value;
+        resetPaging();
+      }, 250);
+    });
     $("next").addEventListener("click", () => {
       if (!state.next) return;
       state.cursors[state.page + 1] = state.next;
@@ -803,20 +1310,102 @@
       else state.sort = null;
       render();
     });
-    $("tasks").tBodies[0].addEventListener("click", (e) => {
-      const tr = e.target.closest("tr[data-id]");
-      if (tr) openDetail(tr.dataset.id);
+    for (const th of document.querySelectorAll("#tasks th[data-sort]")) {
+      th.tabIndex = 0;
+      th.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" || e.key === " ") {
+          e.preventDefault();
+          th.click();
+        }
+      });
+    }
+    for (const table of [$("tasks"), $("dead")]) {
+      table.tBodies[0].addEventListener("click", (e) => {
+        if (e.target.closest("input, a, button, .c-check")) return;
+        const tr = e.target.closest("tr[data-id]");
+        if (tr) openDetail(tr.dataset.id);
+      });
+      table.tBodies[0].addEventListener("keydown", (e) => {
+        const tr = e.target.closest("tr[data-id]");
+        if (!tr || e.target !== tr) return;
+        if (e.key === "Enter" || e.key === " ") {
+          e.preventDefault();
+          openDetail(tr.dataset.id);
+        } else if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+          e.preventDefault();
+          const to = e.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling;
+          if (to) to.focus();
+        }
+      });
+    }
+
+    // Dead letters.
+    $("dead-filters").addEventListener("submit", (e) => e.preventDefault());
+    $("dead-status").addEventListener("change", (e) => {
+      dead.statuses = e.target.value.split(",");
+      dead.selected.clear();
+      resetDead();
     });
-    for (const button of document.querySelectorAll(".tabs button")) {
+    $("dead").tBodies[0].addEventListener("change", (e) => {
+      if (!e.target.classList.contains("pick")) return;
+      const id = e.target.closest("tr[data-id]").dataset.id;
+      if (e.target.checked) dead.selected.add(id);
+      else dead.selected.delete(id);
+      renderDead();
+    });
+    $("dead-all").addEventListener("change", (e) => {
+      for (const t of dead.rows) {
+        if (e.target.checked) dead.selected.add(t.task_id);
+        else dead.selected.delete(t.task_id);
+      }
+      renderDead();
+    });
+    $("dead-retry-selected").addEventListener("click", retrySelected);
+    $("dead-retry-window").addEventListener("click", retryWindow);
+    $("dead-next").addEventListener("click", () => {
+      if (!dead.next) return;
+      dead.positions[dead.page + 1] = dead.next;
+      dead.page += 1;
+      loadDead();
+    });
+    $("dead-prev").addEventListener("click", () => {
+      if (dead.page === 0) return;
+      dead.page -= 1;
+      loadDead();
+    });
+    $("dead-first").addEventListener("click", resetDead);
+    $("audit-refresh").addEventListener("click", loadAudit);
+    $("flash-close").addEventListener("click", () => ($("flash").hidden = true));
+
+    // Links to a task, wherever they are (panel, dead letters, audit, messages).
+    document.addEventListener("click", (e) => {
+      const link = e.target.closest("a.task-link");
+      if (!link) return;
+      e.preventDefault();
+      openDetail(link.dataset.task);
+    });
+
+    const tabs = [...document.querySelectorAll(".tabs button")];
+    for (const button of tabs) {
       button.addEventListener("click", () => selectTab(button.dataset.tab));
+      button.addEventListener("keydown", (e) => {
+        // Arrow keys move between tabs, as in a native tab list.
+        const step = e.key === "ArrowRight" ? 1 : e.key === "ArrowLeft" ? -1 : 0;
+        if (!step) return;
+        const to = tabs[(tabs.indexOf(button) + step + tabs.length) % tabs.length];
+        to.focus();
+        selectTab(to.dataset.tab);
+      });
     }
     document.addEventListener("keydown", (e) => {
-      if (e.key === "Escape" && state.selected) closeDetail();
+      // Escape in the confirmation dialog closes the dialog only.
+      if (e.key === "Escape" && state.selected && !$("confirm").open) closeDetail();
     });
     setupResizer();
     window.addEventListener("resize", drawCharts);
     setInterval(drawCharts, 5000); // the time axis moves even when nothing happens
 
+    selectTab("tasks");
     loadRegistered();
     connect(); // the first "hello" loads the page, so no delta is missed in between
   }
