@@ -5,7 +5,7 @@ PIP    := $(VENV)/bin/pip
 DEPS   := $(VENV)/.deps-installed
 PORT   ?= 8000
 
-.PHONY: venv build-dev build-release test test-rust test-python lint demo bench bench-sse clean compare test-wheel lint-workflows screenshot
+.PHONY: venv build-dev build-release test test-rust test-python lint demo bench bench-sse bench-memory crash clean compare test-wheel lint-workflows screenshot
 
 $(DEPS): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,16 @@ bench: build-release
 ## history: events delivered per second and server CPU per event, in benches/sse_results.md (~1-2 min).
 bench-sse: build-release
 	$(PY) benches/sse_fanout.py
+
+## Resident memory while a million no-op tasks run with snapshot_db, journal off then on (~3-5 min).
+bench-memory: build-release
+	$(PY) benches/memory_flat.py --tasks 1000000
+	$(PY) benches/memory_flat.py --tasks 1000000 --journal
+
+## The crash scenario at scale: the quick start under uvicorn, 8 clients, SIGKILL after 5,000 of
+## 10,000 requests, restart; counts per core, and without the journal for comparison (~2-4 min).
+crash: build-release
+	$(PY) tests/e2e/crash.py --requests 10000 --clients 8
 
 ## This package against the published fastapi-taskflow 0.12.1 (in its own venv, .venv-upstream):
 ## one table, written to benches/compare.md and, with matplotlib, benches/compare.png (~8 min).

@@ -59,13 +59,18 @@ def tables(results: Mapping[str, Results]) -> list[Table]:
     return [
         Table(
             "1. `add_task(noop, 1, x=2)`, µs per call",
-            (Row("`BackgroundTasks` (bare) / `ManagedBackgroundTasks`", "add_task"),),
+            (
+                Row("`BackgroundTasks` (bare) / `ManagedBackgroundTasks`", "add_task"),
+                Row("with snapshot_db, journal off (the default)", "add_task.snapshot"),
+                Row("with the journal (`requeue_pending=True`: arguments serialised, row queued)", "add_task.journal"),
+            ),
         ),
         Table(
             "2. End-to-end no-op async tasks (enqueue, `await tasks()`), tasks/s",
             (
                 Row("in memory", "e2e", "rate"),
                 Row("with snapshot_db (periodic writer running, final flush included)", "e2e.snapshot", "rate"),
+                Row("with the journal (each task marked running on disk before it runs)", "e2e.journal", "rate"),
             ),
         ),
         Table(

@@ -49,15 +49,16 @@ def bare() -> Target:
     )
 
 
-def managed(snapshot_db: str | None = None) -> Target:
+def managed(snapshot_db: str | None = None, *, journal: bool = False) -> Target:
     """A new ``TaskManager`` with ``noop`` registered; the core is the one ``_selected`` picked.
 
     With a file, ``start`` runs the manager's lifespan startup, so the periodic snapshot writer
-    flushes concurrently while tasks run, as in an application.
+    flushes concurrently while tasks run, as in an application. ``journal`` turns on
+    ``requeue_pending``: every task is journaled, and marked running on disk before it runs.
     """
     from fastapi_taskflow import ManagedBackgroundTasks, TaskManager
 
-    manager = TaskManager(snapshot_db=snapshot_db, snapshot_interval=SNAPSHOT_INTERVAL)
+    manager = TaskManager(snapshot_db=snapshot_db, snapshot_interval=SNAPSHOT_INTERVAL, requeue_pending=journal)
     manager.task(name=NOOP_NAME)(noop)
     core = manager.core
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -57,9 +58,18 @@ async def _run(variant: str, scale: Scale) -> dict[str, float]:
     results["add_task"] = add_task_us(targets.managed, calls=scale.add_task_calls, repeats=scale.repeats)
     results["e2e"] = await end_to_end_tps(targets.managed, tasks_per_run=scale.tasks_per_run, repeats=scale.repeats)
     with tempfile.TemporaryDirectory(prefix="taskflow-bench-") as tmp:
-        runs = iter(range(scale.repeats))
+        files = (os.path.join(tmp, f"run-{n}.db") for n in itertools.count())
+        results["add_task.snapshot"] = add_task_us(
+            lambda: targets.managed(next(files)), calls=scale.add_task_calls, repeats=scale.repeats
+        )
+        results["add_task.journal"] = add_task_us(
+            lambda: targets.managed(next(files), journal=True), calls=scale.add_task_calls, repeats=scale.repeats
+        )
         results["e2e.snapshot"] = await end_to_end_tps(
-            lambda: targets.managed(os.path.join(tmp, f"e2e-{next(runs)}.db")),
+            lambda: targets.managed(next(files)), tasks_per_run=scale.tasks_per_run, repeats=scale.repeats
+        )
+        results["e2e.journal"] = await end_to_end_tps(
+            lambda: targets.managed(next(files), journal=True),
             tasks_per_run=scale.tasks_per_run,
             repeats=scale.repeats,
         )
