@@ -150,12 +150,18 @@ class TaskManager:
         eager: bool = False,
         priority: int | None = None,
         queue: str | None = None,
+        timeout: float | None = None,
+        jitter: float = 0.0,
     ) -> Callable[[F], F]:
         """Register a function as a task; the function is returned unchanged."""
         if eager or priority is not None or queue is not None:
             raise _not_yet("task(eager=, priority=, queue=)")
         if retries < 0 or delay < 0 or backoff < 0:
             raise ValueError("retries, delay and backoff must not be negative")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"jitter must be between 0 and 1 (a fraction of the delay), got {jitter!r}")
         config = TaskConfig(
             retries=retries,
             delay=delay,
@@ -164,6 +170,8 @@ class TaskManager:
             name=name,
             requeue_on_interrupt=requeue_on_interrupt,
             executor=executor,
+            timeout=timeout,
+            jitter=jitter,
         )
 
         def register(func: F) -> F:

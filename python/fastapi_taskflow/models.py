@@ -40,6 +40,10 @@ class TaskConfig:
     priority: int | None = None
     executor: ExecutorName | None = None
     queue: str | None = None
+    #: Seconds one attempt may run (None: no limit). Beyond the spec; see the README.
+    timeout: float | None = None
+    #: Up to this fraction of each retry delay is added at random (0: the exact formula).
+    jitter: float = 0.0
 
 
 @dataclass
