@@ -388,8 +388,8 @@ def test_persistent_task_with_unstorable_argument_is_refused() -> None:
 
 
 def test_unavailable_options_are_refused_loudly() -> None:
-    with pytest.raises(NotImplementedError, match="queues"):
-        TaskManager(queues={})
+    with pytest.raises(NotImplementedError, match="instance_url"):
+        TaskManager(instance_url="http://peer")
 
 
 def test_executor_mismatch_is_a_value_error() -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .admin import TaskAdmin
+from .errors import TaskArgumentError
 from .loggers import FileLogger, InMemoryLogger, LifecycleEvent, LogEvent, LoggerChain, StdoutLogger, TaskObserver
 from .manager import TaskManager
 from .models import QueueConfig, TaskConfig, TaskRecord, TaskStatus
+from .queues import QueueFullError
 from .task_logging import TaskContext, get_task_context, task_log
 from .wrapper import ManagedBackgroundTasks
 
@@ -29,6 +31,8 @@ __all__ = [  # noqa: RUF022
     "TaskRecord",
     "TaskConfig",
     "QueueConfig",
+    "QueueFullError",
+    "TaskArgumentError",
     "TaskObserver",
     "LogEvent",
     "LifecycleEvent",

@@ -21,15 +21,20 @@ from .crypto import ArgumentCipher
 from .durability import DurableAcceptance
 from .errors import CorruptSnapshotError, SnapshotError
 from .execution import Arguments, TaskRunner
-from .loggers import FileLogger, LoggerChain, TaskObserver
+from .loggers import FileLogger, LifecycleEvent, LoggerChain, TaskObserver
 from .models import ExecutorName, QueueConfig, TaskConfig, TaskRecord
 from .observing import ObserverThread
 from .persistence import SnapshotWriter
+from .queues import QueueFullError, TaskQueue
 from .registry import TaskFunc, TaskRegistry, TaskSpec, validate_executor
 from .wrapper import ManagedBackgroundTasks, TrackedTask
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from ._core import TaskStore
+
+__all__ = ["QueueFullError", "TaskManager"]
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -37,6 +42,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Unregistered functions resolved so far; bounded because callers may pass fresh lambdas.
 _UNREGISTERED_CACHE_SIZE = 1024
+
+#: Unknown queue names warned about (once each); bounded in case names come from user input.
+_WARNED_QUEUES_SIZE = 1024
+
+#: The queue that holds priority tasks outside queue mode (never listed by ``queue_stats``).
+_PRIORITY_QUEUE = "(priority)"
 
 
 def _not_yet(argument: str) -> NotImplementedError:
@@ -86,9 +97,6 @@ class TaskManager:
     ) -> None:
         unavailable = {
             "snapshot_backend": snapshot_backend is not None,
-            "max_process_workers": max_process_workers is not None,
-            "queues": queues is not None,
-            "max_size": max_size is not None,
             "instance_url": instance_url is not None,
         }
         for argument, is_set in unavailable.items():
@@ -128,12 +136,26 @@ class TaskManager:
             cipher=ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None,
             on_finished=self.writer.soon if self.writer is not None else None,
             durable=self.writer.durable if self.writer is not None else None,
+            max_process_workers=max_process_workers,
+            process_shutdown_timeout=process_shutdown_timeout,
         )
         self._unregistered: dict[TaskFunc, TaskSpec] = {}
-        #: Tasks this manager started itself (requeued and retried ones), for shutdown.
+        #: Tasks this manager started itself (queued, eager, requeued and retried ones), for shutdown.
         self._dispatched: set[asyncio.Task[None]] = set()
         self._started = False
         self._apps: set[int] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Named queues by name; empty outside queue mode (``queues=`` or ``max_size=`` turn it on).
+        self._queues: dict[str, TaskQueue] = _make_queues(queues, max_size, max_concurrent_tasks)
+        #: Outside queue mode, priority tasks pass through this one queue (no limits) in priority order.
+        self._priority_queue = TaskQueue(_PRIORITY_QUEUE)
+        self._warned_queues: set[str] = set()
+        self._warned_not_started = False
+
+    @property
+    def queue_mode(self) -> bool:
+        """Whether named queues are on (``queues=`` or ``max_size=`` was given)."""
+        return bool(self._queues)
 
     # -- registration -------------------------------------------------------
 
@@ -154,8 +176,9 @@ class TaskManager:
         jitter: float = 0.0,
     ) -> Callable[[F], F]:
         """Register a function as a task; the function is returned unchanged."""
-        if eager or priority is not None or queue is not None:
-            raise _not_yet("task(eager=, priority=, queue=)")
+        check_priority(priority)
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ValueError(f"queue must be a non-empty queue name, got {queue!r}")
         if retries < 0 or delay < 0 or backoff < 0:
             raise ValueError("retries, delay and backoff must not be negative")
         if timeout is not None and not timeout > 0:
@@ -169,7 +192,10 @@ class TaskManager:
             persist=persist,
             name=name,
             requeue_on_interrupt=requeue_on_interrupt,
+            eager=bool(eager),
+            priority=priority,
             executor=executor,
+            queue=queue,
             timeout=timeout,
             jitter=jitter,
         )
@@ -244,6 +270,8 @@ class TaskManager:
         ``payload`` is the ciphertext of encrypted arguments (``args``/``kwargs`` then
         empty). Call it on the event loop thread.
         """
+        check_priority(priority)
+        queue = self.resolve_queue(queue)
         writer = self.journal_writer(spec)
         cipher = self.runner.cipher
         if payload is None and cipher is not None:
@@ -267,19 +295,161 @@ class TaskManager:
             retry_of=retry_of,
             journal=writer is not None,
         )
-        self._start(
-            TrackedTask(
-                self, spec, task_id, args, kwargs, tags or {}, payload, writer is not None, contextvars.Context()
-            )
+        task = TrackedTask(
+            self, spec, task_id, args, kwargs, tags or {}, payload, writer is not None, contextvars.Context()
         )
+        if self._queues:
+            # Accepted once already: a full queue does not refuse it again.
+            self._queues[queue].push(task_id, task, priority, front=spec.config.eager, force=True)
+        else:
+            self._start(task)
         if writer is not None:
             writer.soon()
         return task_id
 
-    def _start(self, task: TrackedTask) -> None:
+    # -- dispatch -----------------------------------------------------------------
+
+    def resolve_queue(self, name: str | None) -> str:
+        """The queue a task asking for ``name`` goes to: ``name`` if known, else "default".
+
+        Outside queue mode every name is kept as given. An unknown name is logged as a
+        warning, once per name.
+        """
+        if name is None:
+            return "default"
+        if not self._queues or name in self._queues:
+            return name
+        if name not in self._warned_queues:
+            if len(self._warned_queues) >= _WARNED_QUEUES_SIZE:
+                self._warned_queues.clear()
+            self._warned_queues.add(name)
+            logger.warning(
+                "fastapi_taskflow: unknown queue %r; its tasks go to queue 'default' (known queues: %s)",
+                name,
+                ", ".join(sorted(self._queues)),
+            )
+        return "default"
+
+    def dispatch(self, task: TrackedTask, queue: str, priority: int | None, eager: bool) -> bool:
+        """Hand an accepted task to its queue, the priority worker or the loop; callable from any thread.
+
+        Returns False when nothing here takes it: the caller then runs it after the
+        response. Raises ``QueueFullError`` when its queue is full (nothing is kept).
+        """
+        queues = self._queues
+        if queues:
+            queues[queue].push(task.task_id, task, priority, front=eager)
+            if not self._started and not self._warned_not_started:
+                self._warned_not_started = True
+                logger.warning(
+                    "fastapi_taskflow: tasks are waiting in their queues until the task manager starts; "
+                    "TaskAdmin(app, task_manager) or task_manager.init_app(app) starts it with the app"
+                )
+            return True
+        if eager:
+            return self._start_now(task)
+        if priority is not None and self._started:
+            self._priority_queue.push(task.task_id, task, priority)
+            return True
+        return False
+
+    def enqueue_priority(self, task_id: str, priority: int | None, wrapped: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``wrapped()`` (a zero-argument coroutine function) through the priority worker.
+
+        Kept for code written against fastapi_taskflow; ``add_task(..., priority=)`` does this itself.
+        """
+        check_priority(priority)
+        self._priority_queue.push(task_id, wrapped, priority)
+
+    def _start_now(self, task: TrackedTask) -> bool:
+        """Start an eager task on the loop now (from a worker thread: on its next turn)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            loop = self._loop
+            if loop is None or not self._started:
+                return False
+            loop.call_soon_threadsafe(self._start_accepted, task)
+            return True
+        self._start(task)
+        return True
+
+    def _start_accepted(self, task: TrackedTask) -> None:
+        if self._started:
+            self._start(task)
+        else:  # shut down between add_task and this turn of the loop
+            self._interrupt_waiting(task.task_id, task, "eager")
+
+    def _start(self, task: TrackedTask) -> asyncio.Task[None]:
         running = asyncio.get_running_loop().create_task(self.runner.run(task), name=f"taskflow-{task.task_id}")
         self._dispatched.add(running)
         running.add_done_callback(self._dispatched.discard)
+        return running
+
+    def _start_job(self, job: object) -> asyncio.Task[Any]:
+        """The starter of the queues: a task of ours, or a coroutine function of ``enqueue_priority``."""
+        if isinstance(job, TrackedTask):
+            return self._start(job)
+        running: asyncio.Task[Any] = asyncio.get_running_loop().create_task(job())  # type: ignore[operator]
+        self._dispatched.add(running)
+        running.add_done_callback(self._dispatched.discard)
+        return running
+
+    def _all_queues(self) -> list[TaskQueue]:
+        return [*self._queues.values(), self._priority_queue]
+
+    def _interrupt_waiting(self, task_id: str, job: object, where: str) -> None:
+        """Mark a task that never started interrupted, because the manager is shutting down."""
+        error = f"the server shut down before it started (it was waiting in queue {where!r}); retry it to run it"
+        try:
+            moved = self.core.transition(task_id, "interrupted", error=error)
+        except KeyError:
+            return
+        observers = self.runner.observers
+        if moved and observers is not None and isinstance(job, TrackedTask):
+            now = datetime.now(timezone.utc)
+            observers.emit(
+                LifecycleEvent(task_id, job.spec.name, "interrupted", now, 0, 0, None, error, None, job.tags)
+            )
+
+    # -- queues ---------------------------------------------------------------------
+
+    def queue_stats(self) -> list[dict[str, Any]]:
+        """Per named queue, by name: ``name, concurrency, max_size, pending, running, finished, rejected``.
+
+        ``pending`` waits in the queue, ``running`` was started by it and has not ended,
+        ``finished`` ended (or was cancelled while waiting) and ``rejected`` was refused
+        because the queue was full, since this manager was created. ``[]`` outside queue
+        mode. Costs O(queues), never O(tasks).
+        """
+        return [self._queues[name].stats() for name in sorted(self._queues)]
+
+    def get_queue_config(self, name: str) -> QueueConfig:
+        """A copy of the current limits of queue ``name``; ``KeyError`` when there is none."""
+        queue = self._queues.get(name)
+        if queue is None:
+            raise KeyError(f"no queue named {name!r}")
+        return QueueConfig(concurrency=queue.config.concurrency, max_size=queue.config.max_size)
+
+    def update_queue_config(self, name: str, concurrency: int | None, max_size: int | None) -> dict[str, Any]:
+        """Set queue ``name``'s limits now (None = unlimited); returns ``{name, concurrency, max_size, pending}``.
+
+        Raising ``concurrency`` starts waiting tasks at once. Lowering it stops nothing
+        that runs, but no task of the queue starts until fewer than the new limit run.
+        Lowering ``max_size`` keeps what waits and rejects new tasks until fewer wait.
+        ``KeyError`` for an unknown queue, ``ValueError`` for a limit that is not a
+        whole number >= 1 or None. Not persisted: a restart uses the constructor's limits.
+        """
+        queue = self._queues.get(name)
+        if queue is None:
+            raise KeyError(f"no queue named {name!r}")
+        queue.set_limits(concurrency, max_size)
+        return {
+            "name": name,
+            "concurrency": queue.config.concurrency,
+            "max_size": queue.config.max_size,
+            "pending": queue.pending,
+        }
 
     def arguments_of(self, task: Mapping[str, Any]) -> Arguments | None:
         """The arguments to run a finished task again, or None when they are gone.
@@ -302,6 +472,9 @@ class TaskManager:
         """Cancel a pending task (it never runs) or a running one; False when neither."""
         cancelled = self.runner.cancel(task_id)
         if cancelled:
+            for queue in self._all_queues():
+                if queue.remove(task_id):
+                    break
             self.flush_soon()
         return cancelled
 
@@ -392,8 +565,11 @@ class TaskManager:
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
         if self.runner.observers is not None:
             self.runner.observers.start()
+        for queue in self._all_queues():
+            queue.start(self._start_job)
         if self.writer is not None:
             self.writer.start()
             await self._resume_orphans()
@@ -432,33 +608,48 @@ class TaskManager:
             return
         args, kwargs, payload = arguments
         tags = record.get("tags")
-        self._start(
-            TrackedTask(
-                self,
-                spec,
-                task_id,
-                args,
-                kwargs,
-                dict(tags) if isinstance(tags, dict) else {},
-                payload,
-                journaled=True,
-                context=contextvars.Context(),
-            )
+        task = TrackedTask(
+            self,
+            spec,
+            task_id,
+            args,
+            kwargs,
+            dict(tags) if isinstance(tags, dict) else {},
+            payload,
+            journaled=True,
+            context=contextvars.Context(),
         )
+        if self._queues:
+            priority = record.get("priority")
+            queue = record.get("queue")
+            self._queues[self.resolve_queue(queue if isinstance(queue, str) else None)].push(
+                task_id, task, priority if isinstance(priority, int) else None, force=True
+            )
+        else:
+            self._start(task)
 
     async def shutdown(self) -> None:
         """Stop what this manager started, write what is left, release the thread pool.
 
         Tasks still running are cancelled: ``requeue_on_interrupt`` ones go back to
         pending (journaled, the next start runs them), the others become interrupted.
+        Of the tasks waiting in queues, journaled ones stay pending in the journal (a
+        later start runs them) and the others become interrupted, saying so.
         """
         if not self._started:
             return
         self._started = False
+        queues = self._all_queues()
+        for queue in queues:
+            await queue.stop()
         dispatched = list(self._dispatched)
         for task in dispatched:
             task.cancel()
         await asyncio.gather(*dispatched, return_exceptions=True)
+        for queue in queues:
+            for task_id, job in queue.take_waiting(_not_journaled):
+                self._interrupt_waiting(task_id, job, queue.name)
+        self._loop = None
         if self.writer is not None:
             await self.writer.stop()
         self.runner.shutdown()
@@ -473,6 +664,34 @@ class TaskManager:
         if self.writer is None:
             return 0
         return await self.writer.write_now() or 0
+
+
+def check_priority(priority: object) -> None:
+    """Refuse a priority that is neither None nor a whole number (``TypeError``)."""
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise TypeError(f"priority must be a whole number or None, got {priority!r}")
+
+
+def _not_journaled(job: object) -> bool:
+    return not (isinstance(job, TrackedTask) and job.journaled)
+
+
+def _make_queues(
+    queues: Mapping[str, QueueConfig] | None, max_size: int | None, max_concurrent_tasks: int | None
+) -> dict[str, TaskQueue]:
+    """The named queues of queue mode (``{}`` outside it), "default" added when absent."""
+    if queues is None and max_size is None:
+        return {}
+    configs = dict(queues or {})
+    for name, config in configs.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"queue names must be non-empty strings, got {name!r}")
+        if not isinstance(config, QueueConfig):
+            raise TypeError(f"queue {name!r}: expected a QueueConfig, got {type(config).__name__}")
+    if "default" not in configs:
+        configs["default"] = QueueConfig(concurrency=max_concurrent_tasks, max_size=max_size)
+    # Copies: limits changed at run time must not leak into a QueueConfig the caller shares.
+    return {name: TaskQueue(name, config.concurrency, config.max_size) for name, config in configs.items()}
 
 
 def _open_core(db_path: str | None, on_corrupt: str, *, max_history: int, idempotency_ttl: float | None) -> TaskStore:

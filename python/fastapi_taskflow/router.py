@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.params import Depends
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .actions import HISTORY_UNITS, TaskActions
 from .models import TaskStatus
@@ -66,6 +66,26 @@ class HistoryDeleted(BaseModel):
     backend: int
 
 
+#: A queue limit in a PATCH body: a whole number >= 1 (not "3", 2.5 or true), or null for unlimited.
+QueueLimit = Annotated[StrictInt, Field(ge=1)] | None
+
+
+class QueueUpdate(BaseModel):
+    """Body of ``PATCH /queues/{name}``: a field left out keeps its value; null means unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: QueueLimit = None
+    max_size: QueueLimit = None
+
+
+class QueueUpdated(BaseModel):
+    name: str
+    concurrency: int | None
+    max_size: int | None
+    pending: int
+
+
 def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | None = None) -> APIRouter:
     """Routes over ``manager``'s tasks, to be mounted under the admin prefix.
 
@@ -111,6 +131,34 @@ def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | N
     @router.get("/audit", summary="Actions taken through these routes, newest first (at most 1000)")
     async def audit() -> Response:
         return _json(orjson.dumps(manager.audit.entries()))
+
+    @router.get("/queues", summary="Named queues: limits, and how many tasks wait, run, finished, were rejected")
+    async def queues() -> Response:
+        return _json(orjson.dumps(manager.queue_stats()))
+
+    @router.patch(
+        "/queues/{queue_name}",
+        response_model=QueueUpdated,
+        summary="Change a queue's concurrency and max_size now (null = unlimited; a field left out is kept)",
+    )
+    async def update_queue(queue_name: str, body: QueueUpdate, request: Request) -> dict[str, Any]:
+        if not manager.queue_mode:
+            raise HTTPException(
+                status_code=400,
+                detail="Named queues are not enabled; pass queues= or max_size= to TaskManager to use them",
+            )
+        try:
+            current = manager.get_queue_config(queue_name)
+        except KeyError:
+            raise HTTPException(status_code=404, detail=f"Queue {queue_name!r} not found") from None
+        changes = body.model_dump(exclude_unset=True)
+        updated = manager.update_queue_config(
+            queue_name,
+            changes.get("concurrency", current.concurrency),
+            changes.get("max_size", current.max_size),
+        )
+        manager.audit.record("update_queue", queue_name, _actor(request), changes)
+        return updated
 
     @router.post(
         "/bulk-retry",

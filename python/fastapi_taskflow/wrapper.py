@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.background import BackgroundTask, BackgroundTasks
 
 from .durability import journaled_task_accepted
+from .process_executor import validate_process_args
+from .queues import QueueFullError
 from .registry import TaskSpec
 
 if TYPE_CHECKING:
@@ -80,13 +82,22 @@ class ManagedBackgroundTasks(BackgroundTasks):
         """Accept ``func(*args, **kwargs)`` and return its task id.
 
         With an ``idempotency_key`` held by a pending, running or succeeded task,
-        nothing new is accepted and that task's id is returned.
+        nothing new is accepted and that task's id is returned. ``priority``, ``eager``
+        and ``queue`` default to the function's registered settings. In queue mode a
+        full queue raises ``QueueFullError``, after the task's record became rejected.
         """
-        if eager or queue is not None:
-            raise NotImplementedError("eager= and queue= are not available yet in fastapi-taskflow-rs")
         manager = self.task_manager
         spec = manager.spec_for(func)
         config = spec.config
+        if spec.executor == "process":
+            validate_process_args(spec, args, kwargs)
+        if priority is None:
+            priority = config.priority
+        elif isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be a whole number or None, got {priority!r}")
+        if eager is None:
+            eager = config.eager
+        queue_name = manager.resolve_queue(queue or config.queue)
         cipher = manager.runner.cipher
         payload = None if cipher is None else cipher.encrypt(args, kwargs)
         writer = manager.journal_writer(spec)
@@ -100,8 +111,9 @@ class ManagedBackgroundTasks(BackgroundTasks):
         )
         task_id, created = manager.core.create(
             spec.name,
+            queue=queue_name,
             executor=spec.executor,
-            priority=config.priority if priority is None else priority,
+            priority=priority,
             tags=tags,
             idempotency_key=idempotency_key,
             args_json=args_json,
@@ -114,7 +126,17 @@ class ManagedBackgroundTasks(BackgroundTasks):
                 task = TrackedTask(manager, spec, task_id, args, kwargs, tags or {}, journaled=journaled)
             else:
                 task = TrackedTask(manager, spec, task_id, (), {}, tags or {}, payload, journaled=journaled)
-            self.tasks.append(task)
+            if eager or priority is not None or manager.queue_mode:
+                try:
+                    dispatched = manager.dispatch(task, queue_name, priority, eager)
+                except QueueFullError as exc:
+                    # Nothing half-accepted: the record says rejected and frees its idempotency key.
+                    manager.core.transition(task_id, "rejected", error=str(exc))
+                    raise
+                if not dispatched:
+                    self.tasks.append(task)
+            else:
+                self.tasks.append(task)
             if writer is not None:
                 journaled_task_accepted(writer)
         return task_id
