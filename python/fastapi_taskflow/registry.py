@@ -41,7 +41,11 @@ def _unwrap_partial(func: TaskFunc) -> TaskFunc:
 
 
 def validate_executor(func: TaskFunc, executor: ExecutorName | None) -> None:
-    """Refuse an explicit executor that cannot run ``func``, at decoration time."""
+    """Refuse an explicit executor that cannot run ``func``, at decoration time.
+
+    "process" takes plain and coroutine functions alike; without cloudpickle it refuses
+    nested functions and lambdas, which a worker process cannot import by name.
+    """
     if executor is None:
         return
     is_async = inspect.iscoroutinefunction(func)
@@ -50,7 +54,10 @@ def validate_executor(func: TaskFunc, executor: ExecutorName | None) -> None:
     if executor == "thread" and is_async:
         raise ValueError(f"executor='thread' needs a plain function; {func.__qualname__} is a coroutine function")
     if executor == "process":
-        raise NotImplementedError("executor='process' is not available yet in fastapi-taskflow-rs")
+        from .process_executor import check_process_function
+
+        check_process_function(func)
+        return
     if executor not in ("async", "thread"):
         raise ValueError(f"unknown executor {executor!r}; expected 'async', 'thread' or 'process'")
 
