@@ -86,6 +86,7 @@ def test_live_dashboard(browser: Any, tmp_path: Path) -> None:
         expect(page.locator("#detail-id")).to_have_text(early)
         expect(page.locator("#panel .tag")).to_have_text("customer=early")
         page.locator("#detail-close").click()
+        page.fill("#search", "")
 
         # Sorting the current page by function name.
         page.locator('#tasks th[data-sort="func_name"]').click()
