@@ -110,6 +110,7 @@ CORE_OPS = {
     "ops.metrics": "`metrics_json()`",
     "ops.page": "`page_json(limit=100)`, in memory",
     "ops.flush": "snapshot write: `flush()` of 10,000 records, per record",
+    "ops.flush.grown": "snapshot write into a file of 100,000 records: `flush()` of 1,000, per record",
 }
 
 

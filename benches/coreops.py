@@ -21,6 +21,11 @@ STORE_SIZE = 10_000
 #: Calls per timed run of the fast operations.
 RUN = 1_000
 PAGE_LIMIT = 100
+#: Rows already in the file when the grown-file flushes are timed, and records per flush.
+GROWN_ROWS = 100_000
+GROWN_BATCH = 1_000
+#: Timed flushes into the grown file: enough to include the checkpoints they cause.
+GROWN_FLUSHES = 20
 
 
 def _mean_us(runs: int, setup: Callable[[], list[str]], call: Callable[[str], object]) -> float:
@@ -34,6 +39,27 @@ def _mean_us(runs: int, setup: Callable[[], list[str]], call: Callable[[str], ob
             call(task_id)
         samples.append((perf_counter_ns() - start) / len(ids) / 1_000)
     return median(samples)
+
+
+def grown_flush_us(store_type: Callable[..., Any], path: str, *, rows: int = GROWN_ROWS) -> float:
+    """Mean µs per record of ``GROWN_FLUSHES`` flushes of ``GROWN_BATCH`` records into a file of ``rows``.
+
+    What a long-running application pays per finished task once the history is large: a
+    flush lands among ``rows`` rows (the primary key is the task id), and the checkpoints
+    its writes cause are in the mean.
+    """
+    store = store_type(path, max_history=STORE_SIZE)
+    for done in range(0, rows, STORE_SIZE):
+        fill(store, min(STORE_SIZE, rows - done))
+        store.flush()
+    elapsed = written = 0
+    for _ in range(GROWN_FLUSHES):
+        fill(store, GROWN_BATCH)
+        start = perf_counter_ns()
+        written += store.flush()
+        elapsed += perf_counter_ns() - start
+    store.close()
+    return elapsed / written / 1_000
 
 
 def core_ops(store_type: Callable[..., Any], *, runs: int, budget_s: float) -> dict[str, float]:
@@ -76,5 +102,6 @@ def core_ops(store_type: Callable[..., Any], *, runs: int, budget_s: float) -> d
             written = disk.flush()
             flushes.append((perf_counter_ns() - start) / written / 1_000)
             disk.close()
+        results["ops.flush.grown"] = grown_flush_us(store_type, os.path.join(tmp, "grown.db"))
     results["ops.flush"] = median(flushes)
     return results

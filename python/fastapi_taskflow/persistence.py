@@ -31,6 +31,9 @@ logger = logging.getLogger("fastapi_taskflow")
 #: Seconds a write asked for by a completion waits, so that completions close in time share it.
 BATCH_WINDOW = 0.05
 
+#: A write of at least this many records is followed by the next one without a pause.
+KEEP_UP_ROWS = 1_000
+
 #: Pause after the first failed write; it doubles with each failure up to the flush interval.
 FIRST_RETRY_PAUSE = 0.5
 
@@ -103,18 +106,24 @@ class SnapshotWriter:
         return await waiter
 
     async def _run(self, wake: asyncio.Event) -> None:
+        written: int | None = 0
         # The flag is checked before each wait: a stop may come while a write runs.
         while not self._stopping:
-            pause = self._interval if self._failures == 0 else self._retry_pause()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), pause)
-            if self._stopping:
-                return
-            if not self._waiters:
-                # Only completions asked: let the ones close in time join this write.
-                await asyncio.sleep(BATCH_WINDOW)
+            # After a large write, more is surely waiting: write again at once, so that the
+            # writer keeps pace with a busy server instead of leaving a backlog for later.
+            if (written or 0) < KEEP_UP_ROWS:
+                pause = self._interval if self._failures == 0 else self._retry_pause()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), pause)
+                if self._stopping:
+                    return
+                if not self._waiters:
+                    # Only completions asked: let the ones close in time join this write.
+                    await asyncio.sleep(BATCH_WINDOW)
+            else:
+                await asyncio.sleep(0)  # let the loop run between two writes
             wake.clear()
-            await self.write_now()
+            written = await self.write_now()
             await self._retain()
 
     def _retry_pause(self) -> float:

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -55,18 +56,18 @@ const COLUMNS: &str = "task_id, func_name, status, created_us, start_us, end_us,
 stacktrace, logs_json, tags_json, source, priority, executor, queue, idempotency_key, args_json, kwargs_json, \
 logs_dropped, encrypted_payload, retry_of";
 
+/// Writes one record. A row already there is the same record written before, and a record's
+/// `TaskInfo` (name, creation time, tags, arguments, key...) never changes: the update sets
+/// only what progress changes, so SQLite leaves the entries of the indexes on the other
+/// columns (creation time, name, key) alone instead of deleting and re-adding them.
 const UPSERT: &str = "INSERT INTO task_history(task_id, func_name, status, created_us, start_us, end_us, \
 retries_used, error, stacktrace, logs_json, tags_json, source, priority, executor, queue, idempotency_key, \
 args_json, kwargs_json, logs_dropped, encrypted_payload, retry_of, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
 ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) \
-ON CONFLICT(task_id) DO UPDATE SET func_name = excluded.func_name, status = excluded.status, \
-created_us = excluded.created_us, start_us = excluded.start_us, end_us = excluded.end_us, \
-retries_used = excluded.retries_used, error = excluded.error, stacktrace = excluded.stacktrace, \
-logs_json = excluded.logs_json, tags_json = excluded.tags_json, source = excluded.source, \
-priority = excluded.priority, executor = excluded.executor, queue = excluded.queue, \
-idempotency_key = excluded.idempotency_key, args_json = excluded.args_json, kwargs_json = excluded.kwargs_json, \
-logs_dropped = excluded.logs_dropped, encrypted_payload = excluded.encrypted_payload, \
-retry_of = excluded.retry_of, owner = excluded.owner";
+ON CONFLICT(task_id) DO UPDATE SET status = excluded.status, start_us = excluded.start_us, \
+end_us = excluded.end_us, retries_used = excluded.retries_used, error = excluded.error, \
+stacktrace = excluded.stacktrace, logs_json = excluded.logs_json, logs_dropped = excluded.logs_dropped, \
+owner = excluded.owner";
 
 /// The statuses that end a task, as an SQL list. Twin of the finished statuses of `record.rs`.
 const FINISHED_SQL: &str = "('success', 'failed', 'interrupted', 'cancelled', 'rejected')";
@@ -97,6 +98,17 @@ const CACHE_KIB: i64 = -65_536;
 
 /// Pages of the main file are read through a memory map up to this size, not copied in.
 const MMAP_BYTES: i64 = 256 << 20;
+
+/// WAL frames (pages) from which a write, once committed, checkpoints the WAL into the main
+/// file. SQLite's auto-checkpoint (at 1,000 frames) is off on the writer: it runs inside the
+/// commit of whichever write crosses it, and so often that the pages every flush rewrites
+/// (the right edge of each index; with random ids, most of the primary key's leaves) are
+/// copied into the file again and again. A larger WAL copies each page once per checkpoint,
+/// however many flushes rewrote it.
+const CHECKPOINT_FRAMES: i32 = 4096;
+
+/// A WAL grown past this by one large write is cut back to it when the WAL restarts.
+const WAL_KEEP_BYTES: i64 = 64 << 20;
 
 /// One finished record as read from the file, with its id as stored.
 #[derive(Clone, Debug)]
@@ -161,6 +173,9 @@ pub(crate) struct Snapshot {
     writer: Mutex<Option<Connection>>,
     /// `None` for an in-memory database, which only the writer connection can see.
     reader: Option<Mutex<Option<Connection>>>,
+    /// Frames in the WAL after the writer's last commit, as its WAL hook reports them; 0 once
+    /// a checkpoint copied them all (and always for an in-memory database).
+    wal_frames: Arc<AtomicI32>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -514,6 +529,21 @@ impl Snapshot {
                  or pass another db_path"
             )));
         }
+        let wal_frames = Arc::new(AtomicI32::new(0));
+        if !in_memory {
+            // The hook replaces SQLite's auto-checkpoint on this connection (see
+            // CHECKPOINT_FRAMES); `in_write_tx` checkpoints instead.
+            let frames = Arc::clone(&wal_frames);
+            writer
+                .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+                    frames.store(pages, Ordering::Relaxed);
+                    Ok(())
+                }))
+                .map_err(|e| describe_open(path, "open", &e))?;
+            writer
+                .pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)
+                .map_err(|e| describe_open(path, "open", &e))?;
+        }
         migrate(path, &mut writer)?;
         let reader = if in_memory {
             None
@@ -526,6 +556,7 @@ impl Snapshot {
             path: path.to_owned(),
             writer: Mutex::new(Some(writer)),
             reader,
+            wal_frames,
         })
     }
 
@@ -564,7 +595,8 @@ impl Snapshot {
         }
     }
 
-    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`) and commits it.
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`) and commits it, then checkpoints
+    /// the WAL if it has grown to [`CHECKPOINT_FRAMES`].
     fn in_write_tx<T>(
         &self,
         doing: &str,
@@ -578,7 +610,23 @@ impl Snapshot {
             tx.commit()?;
             Ok(out)
         })();
-        result.map_err(|e| describe(&self.path, doing, &e))
+        let out = result.map_err(|e| describe(&self.path, doing, &e))?;
+        if self.wal_frames.load(Ordering::Relaxed) >= CHECKPOINT_FRAMES {
+            self.checkpoint(conn);
+        }
+        Ok(out)
+    }
+
+    /// Copies the WAL into the main file, passively: it never waits, and leaves the frames a
+    /// reader still needs to the next write's call. The writes are committed already, so a
+    /// checkpoint that fails loses nothing (SQLite's auto-checkpoint ignores failures too).
+    fn checkpoint(&self, conn: &Connection) {
+        let all_copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
+        });
+        if matches!(all_copied, Ok(true)) {
+            self.wal_frames.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Calls `each` for every stored record's name, status and times (for metrics at open,
@@ -1116,6 +1164,76 @@ mod tests {
         s.write(&[(1, with_status(Status::Success, 10))], "me")
             .expect("rewrite");
         assert_eq!(owner_of(&path, UuidText::new(1).as_str()), None);
+        let conn = Connection::open(&path).expect("conn");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("check");
+        assert_eq!(check, "ok", "rows and indexes agree after the updates");
+    }
+
+    #[test]
+    fn an_update_rewrites_progress_and_keeps_the_rest() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        let mut r = with_status(Status::Running, 10);
+        Arc::make_mut(&mut r.info).idempotency_key = Some("k".into());
+        s.write(&[(1, r.clone())], "me").expect("write");
+        r.progress.status = Status::Failed;
+        r.progress.end_us = Some(99);
+        r.progress.error = Some("boom".into());
+        r.logs.push_back("last".into());
+        r.logs_dropped = 4;
+        s.write(&[(1, r)], "me").expect("update");
+        let got = s
+            .get(UuidText::new(1).as_str())
+            .expect("get")
+            .expect("found");
+        let (p, i) = (&got.record.progress, &got.record.info);
+        assert_eq!((p.status, p.end_us), (Status::Failed, Some(99)));
+        assert_eq!(p.error.as_deref(), Some("boom"));
+        assert_eq!((got.record.logs.len(), got.record.logs_dropped), (3, 4));
+        assert_eq!((&*i.func_name, i.created_us), ("send_email", 10));
+        assert_eq!(i.idempotency_key.as_deref(), Some("k"));
+        assert_eq!(owner_of(&path, UuidText::new(1).as_str()), None);
+        let conn = Connection::open(&path).expect("conn");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("check");
+        assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn checkpoints_after_the_commit_that_fills_the_wal() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        let main_len = || std::fs::metadata(&path).expect("file").len();
+        let empty = main_len();
+        let records = |ids: std::ops::Range<u128>| -> Vec<(u128, Record)> {
+            ids.map(|id| {
+                let mut r = sample();
+                Arc::make_mut(&mut r.info).args_json = Some(Arc::from(vec![b'x'; 512 << 10]));
+                (id, r)
+            })
+            .collect()
+        };
+        // Past SQLite's own auto-checkpoint (1,000 frames), still short of ours.
+        s.write(&records(0..12), "me").expect("write");
+        let frames = s.wal_frames.load(Ordering::Relaxed);
+        assert!(
+            (1_000..CHECKPOINT_FRAMES).contains(&frames),
+            "{frames} frames"
+        );
+        assert_eq!(main_len(), empty, "the rows are in the WAL only");
+        // The write that fills the WAL is followed by a checkpoint that copies all of it.
+        s.write(&records(12..40), "me").expect("write");
+        assert_eq!(s.wal_frames.load(Ordering::Relaxed), 0);
+        assert!(main_len() > 20 << 20, "{} bytes", main_len());
+        let got = s.get(UuidText::new(39).as_str()).expect("get");
+        assert_eq!(
+            got.and_then(|d| d.record.info.args_json.clone())
+                .map(|a| a.len()),
+            Some(512 << 10)
+        );
     }
 
     #[test]
