@@ -18,14 +18,14 @@ from fastapi import BackgroundTasks, FastAPI
 from ._selected import core as _core_module
 from .audit import AuditLog
 from .crypto import ArgumentCipher
-from .durability import DurableAcceptance
+from .durability import DurableAcceptance, journaled_task_accepted
 from .errors import CorruptSnapshotError, SnapshotError
 from .execution import Arguments, TaskRunner
 from .loggers import FileLogger, LifecycleEvent, LoggerChain, TaskObserver
 from .models import ExecutorName, QueueConfig, TaskConfig, TaskRecord
 from .observing import ObserverThread
 from .persistence import SnapshotWriter
-from .queues import QueueFullError, TaskQueue
+from .queues import QueueFullError, TaskQueue, check_priority
 from .registry import TaskFunc, TaskRegistry, TaskSpec, validate_executor
 from .wrapper import ManagedBackgroundTasks, TrackedTask
 
@@ -272,40 +272,78 @@ class TaskManager:
         """
         check_priority(priority)
         queue = self.resolve_queue(queue)
+        task_id, task = self.accept(
+            spec,
+            args,
+            kwargs,
+            payload=payload,
+            tags=tags,
+            priority=priority,
+            queue=queue,
+            retry_of=retry_of,
+            source=source,
+            context=contextvars.Context(),
+        )
+        assert task is not None  # no idempotency key: always created
+        if self._queues:
+            # Accepted once already: a full queue does not refuse it again.
+            self._queues[queue].push(task_id, task, priority, front=spec.config.eager, force=True)
+        else:
+            self._start(task)
+        return task_id
+
+    def accept(
+        self,
+        spec: TaskSpec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        payload: bytes | None = None,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str = "default",
+        idempotency_key: str | None = None,
+        retry_of: str | None = None,
+        source: str = "manual",
+        context: contextvars.Context | None = None,
+    ) -> tuple[str, TrackedTask | None]:
+        """Store a new task's record and build the task to run; ``(holder id, None)`` for a held key.
+
+        The one place where arguments are encrypted (unless ``payload`` already is their
+        ciphertext), serialised for persistent and journaled functions (refused here when
+        JSON cannot hold them) and journaled. ``context`` defaults to a copy of the current one.
+        """
         writer = self.journal_writer(spec)
         cipher = self.runner.cipher
         if payload is None and cipher is not None:
             payload = cipher.encrypt(args, kwargs)
             args, kwargs = (), {}
+        # The common case (neither persistent nor journaled) skips serialisation entirely.
         args_json, kwargs_json = (
             self.serialize_arguments(spec, args, kwargs)
             if (writer is not None or spec.config.persist) and payload is None
             else (None, None)
         )
-        task_id, _ = self.core.create(
+        task_id, created = self.core.create(
             spec.name,
             queue=queue,
             executor=spec.executor,
             priority=priority,
             source=source,
             tags=tags,
+            idempotency_key=idempotency_key,
             args_json=args_json,
             kwargs_json=kwargs_json,
             encrypted_payload=payload if writer is not None else None,
             retry_of=retry_of,
             journal=writer is not None,
         )
-        task = TrackedTask(
-            self, spec, task_id, args, kwargs, tags or {}, payload, writer is not None, contextvars.Context()
-        )
-        if self._queues:
-            # Accepted once already: a full queue does not refuse it again.
-            self._queues[queue].push(task_id, task, priority, front=spec.config.eager, force=True)
-        else:
-            self._start(task)
+        if not created:
+            return task_id, None
+        task = TrackedTask(self, spec, task_id, args, kwargs, tags or {}, payload, writer is not None, context)
         if writer is not None:
-            writer.soon()
-        return task_id
+            journaled_task_accepted(writer)
+        return task_id, task
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -664,12 +702,6 @@ class TaskManager:
         if self.writer is None:
             return 0
         return await self.writer.write_now() or 0
-
-
-def check_priority(priority: object) -> None:
-    """Refuse a priority that is neither None nor a whole number (``TypeError``)."""
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise TypeError(f"priority must be a whole number or None, got {priority!r}")
 
 
 def _not_journaled(job: object) -> bool:

@@ -241,3 +241,9 @@ class TaskQueue:
         self.finished += 1
         if self._wake is not None:
             self._wake.set()
+
+
+def check_priority(priority: object) -> None:
+    """Refuse a priority that is neither None nor a whole number (``TypeError``)."""
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise TypeError(f"priority must be a whole number or None, got {priority!r}")

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
 
-from .durability import journaled_task_accepted
 from .process_executor import validate_process_args
-from .queues import QueueFullError
+from .queues import QueueFullError, check_priority
 from .registry import TaskSpec
 
 if TYPE_CHECKING:
@@ -93,39 +92,15 @@ class ManagedBackgroundTasks(BackgroundTasks):
             validate_process_args(spec, args, kwargs)
         if priority is None:
             priority = config.priority
-        elif isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be a whole number or None, got {priority!r}")
+        else:
+            check_priority(priority)
         if eager is None:
             eager = config.eager
         queue_name = manager.resolve_queue(queue or config.queue)
-        cipher = manager.runner.cipher
-        payload = None if cipher is None else cipher.encrypt(args, kwargs)
-        writer = manager.journal_writer(spec)
-        journaled = writer is not None
-        # Persistent and journaled tasks keep their arguments as JSON (refused here when they
-        # cannot be); the common case skips the call entirely.
-        args_json, kwargs_json = (
-            manager.serialize_arguments(spec, args, kwargs)
-            if (journaled or config.persist) and payload is None
-            else (None, None)
+        task_id, task = manager.accept(
+            spec, args, kwargs, tags=tags, priority=priority, queue=queue_name, idempotency_key=idempotency_key
         )
-        task_id, created = manager.core.create(
-            spec.name,
-            queue=queue_name,
-            executor=spec.executor,
-            priority=priority,
-            tags=tags,
-            idempotency_key=idempotency_key,
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            encrypted_payload=payload if journaled else None,
-            journal=journaled,
-        )
-        if created:
-            if payload is None:
-                task = TrackedTask(manager, spec, task_id, args, kwargs, tags or {}, journaled=journaled)
-            else:
-                task = TrackedTask(manager, spec, task_id, (), {}, tags or {}, payload, journaled=journaled)
+        if task is not None:
             if eager or priority is not None or manager.queue_mode:
                 try:
                     dispatched = manager.dispatch(task, queue_name, priority, eager)
@@ -137,6 +112,4 @@ class ManagedBackgroundTasks(BackgroundTasks):
                     self.tasks.append(task)
             else:
                 self.tasks.append(task)
-            if writer is not None:
-                journaled_task_accepted(writer)
         return task_id
