@@ -12,7 +12,7 @@ from .admin import TaskAdmin
 from .errors import TaskArgumentError
 from .loggers import FileLogger, InMemoryLogger, LifecycleEvent, LogEvent, LoggerChain, StdoutLogger, TaskObserver
 from .manager import TaskManager
-from .models import QueueConfig, TaskConfig, TaskRecord, TaskStatus
+from .models import QueueConfig, ScheduledOnce, TaskConfig, TaskRecord, TaskStatus
 from .queues import QueueFullError
 from .task_logging import TaskContext, get_task_context, task_log
 from .wrapper import ManagedBackgroundTasks
@@ -31,6 +31,7 @@ __all__ = [  # noqa: RUF022
     "TaskRecord",
     "TaskConfig",
     "QueueConfig",
+    "ScheduledOnce",
     "QueueFullError",
     "TaskArgumentError",
     "TaskObserver",

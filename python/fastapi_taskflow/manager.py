@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -22,11 +24,14 @@ from .durability import DurableAcceptance, journaled_task_accepted
 from .errors import CorruptSnapshotError, SnapshotError
 from .execution import Arguments, TaskRunner
 from .loggers import FileLogger, LifecycleEvent, LoggerChain, TaskObserver
-from .models import ExecutorName, QueueConfig, TaskConfig, TaskRecord
+from .models import ExecutorName, QueueConfig, ScheduledOnce, TaskConfig, TaskRecord
 from .observing import ObserverThread
 from .persistence import SnapshotWriter
 from .queues import QueueFullError, TaskQueue, check_priority
 from .registry import TaskFunc, TaskRegistry, TaskSpec, validate_executor
+from .scheduling import RecurringSchedule, Scheduler
+from .scheduling_once import LIST_WINDOW, require_file, save_once, scheduled_once, to_us
+from .scheduling_triggers import make_trigger
 from .wrapper import ManagedBackgroundTasks, TrackedTask
 
 if TYPE_CHECKING:
@@ -48,6 +53,12 @@ _WARNED_QUEUES_SIZE = 1024
 
 #: The queue that holds priority tasks outside queue mode (never listed by ``queue_stats``).
 _PRIORITY_QUEUE = "(priority)"
+
+#: Metadata key of the queue limits changed at run time: JSON ``{name: {"concurrency", "max_size"}}``.
+QUEUE_CONFIGS_KEY = "queue_configs"
+
+#: One-off runs ``list_scheduled`` returns at most.
+LIST_LIMIT = 10_000
 
 
 def _not_yet(argument: str) -> NotImplementedError:
@@ -151,6 +162,11 @@ class TaskManager:
         self._priority_queue = TaskQueue(_PRIORITY_QUEUE)
         self._warned_queues: set[str] = set()
         self._warned_not_started = False
+        #: Fires ``@schedule`` functions and, with a snapshot file, one-off runs.
+        self.scheduler = Scheduler(self)
+        #: Serialises writes of the queue limits, so that the last write holds the latest limits.
+        self._queue_configs_lock = threading.Lock()
+        self._queue_config_writes: set[asyncio.Future[None]] = set()
 
     @property
     def queue_mode(self) -> bool:
@@ -207,6 +223,108 @@ class TaskManager:
 
         return register
 
+    def schedule(
+        self,
+        *,
+        every: float | None = None,
+        cron: str | None = None,
+        retries: int = 0,
+        delay: float = 0.0,
+        backoff: float = 1.0,
+        name: str | None = None,
+        run_on_startup: bool = False,
+        timezone: str = "UTC",
+        executor: ExecutorName | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Register a function as a task (so ``add_task`` works too) that also runs on its own.
+
+        Exactly one of ``every`` (seconds; ticks at the multiples of ``every`` since the
+        epoch) and ``cron`` (5 fields, read in ``timezone``; needs croniter) is required,
+        else ``ValueError``, raised here, as is ``ImportError`` when croniter is missing.
+        ``run_on_startup`` also fires it once when the manager starts. The function is
+        called without arguments.
+        """
+        trigger = make_trigger(every, cron, timezone)
+        register_task = self.task(
+            executor=executor, retries=retries, delay=delay, backoff=backoff, name=name, queue=queue, timeout=timeout
+        )
+
+        def register(func: F) -> F:
+            _check_callable_without_arguments(func)
+            register_task(func)
+            spec = self.registry.spec(func)
+            assert spec is not None
+            self.scheduler.add(RecurringSchedule(spec, trigger, timezone, bool(run_on_startup)))
+            return func
+
+        return register
+
+    # -- one-off runs -------------------------------------------------------------
+
+    async def schedule_once(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        run_at: datetime,
+        run_key: str,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Run ``func(*args, **kwargs)`` once at ``run_at``, even after a restart; saving ``run_key`` again reschedules.
+
+        Needs a snapshot file (``RuntimeError`` without one). A naive ``run_at`` is UTC;
+        one already past fires promptly. The arguments are checked and encoded (encrypted
+        when configured) now, as ``add_task`` does: ``TaskArgumentError`` or ``TypeError``
+        here rather than when it fires. ``func`` must be registered (``ValueError``).
+        With processes sharing the file, exactly one of them fires it.
+        """
+        fire_us = await save_once(
+            self,
+            func,
+            args,
+            kwargs,
+            run_at=run_at,
+            run_key=run_key,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            priority=priority,
+            queue=queue,
+        )
+        one_offs = self.scheduler.one_offs
+        assert one_offs is not None  # save_once refuses a manager without a file
+        if one_offs.saved(run_key, fire_us, self.scheduler.now_us()):
+            self.scheduler.wake()
+
+    async def cancel_scheduled(self, run_key: str) -> bool:
+        """Delete the one-off run ``run_key``; False when there is none (it fired, or never was)."""
+        require_file(self, "cancel_scheduled")
+        deleted = await asyncio.to_thread(self.core.delete_scheduled, run_key)
+        if self.scheduler.one_offs is not None:
+            self.scheduler.one_offs.cancelled(run_key)
+        return deleted
+
+    async def list_scheduled(self, before: datetime | None = None) -> list[ScheduledOnce]:
+        """The one-off runs due before ``before`` (default: within 365 days), soonest first."""
+        require_file(self, "list_scheduled")
+        if before is None:
+            before_us = self.scheduler.now_us() + round(LIST_WINDOW * 1_000_000)
+        else:
+            before_us = to_us(before, "before")
+        rows = await asyncio.to_thread(self.core.load_due, before_us, LIST_LIMIT)
+        return [scheduled_once(row) for row in rows]
+
+    async def schedules_overview(self) -> dict[str, Any]:
+        """``{"recurring": [...], "one_off": [...]}``: what ``GET /tasks/schedules`` returns."""
+        now_us = self.scheduler.now_us()
+        recurring = [schedule.describe(now_us) for schedule in self.scheduler.recurring.values()]
+        one_off = [once.to_dict() for once in await self.list_scheduled()] if self.writer is not None else []
+        return {"recurring": recurring, "one_off": one_off}
+
     def spec_for(self, func: TaskFunc) -> TaskSpec:
         """The registered spec of ``func``, or defaults for an unregistered function."""
         spec = self.registry.spec(func)
@@ -234,21 +352,34 @@ class TaskManager:
         return None
 
     def serialize_arguments(
-        self, spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        spec: TaskSpec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        kind: str = "persistent task",
+        remedy: str = "pass JSON-compatible values, or neither persist=True nor requeue_pending=True",
     ) -> tuple[bytes | None, bytes | None]:
-        """JSON of a journaled task's arguments.
+        """JSON of the arguments of a task that is stored to run later (journaled, or a one-off run).
 
-        A journaled task must be restorable from disk, so arguments that JSON cannot
-        hold are refused here, before anything is stored.
+        Such a task must be restorable from disk, so arguments that JSON cannot hold
+        are refused here, before anything is stored. The message names the argument,
+        the ``kind`` of task and ends with ``remedy``.
         """
         try:
             return orjson.dumps(args), orjson.dumps(kwargs)
         except TypeError as exc:
             culprit = _unserializable_argument(args, kwargs)
-            raise TypeError(
-                f"{culprit} of persistent task {spec.name!r} cannot be stored as JSON ({exc}); "
-                "pass JSON-compatible values, or neither persist=True nor requeue_pending=True"
-            ) from exc
+            raise TypeError(f"{culprit} of {kind} {spec.name!r} cannot be stored as JSON ({exc}); {remedy}") from exc
+
+    def encrypt_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], bytes | None]:
+        """``((), {}, ciphertext)`` with ``encrypt_args_key``, else the arguments as they are and None."""
+        cipher = self.runner.cipher
+        if cipher is None:
+            return args, kwargs, None
+        return (), {}, cipher.encrypt(args, kwargs)
 
     # -- actions on accepted tasks -----------------------------------------------
 
@@ -264,11 +395,14 @@ class TaskManager:
         queue: str = "default",
         retry_of: str | None = None,
         source: str = "manual",
+        refuse_when_full: bool = False,
     ) -> str:
-        """Accept a task outside a request (a retry) and start it now; returns its id.
+        """Accept a task outside a request (a retry, a schedule's tick) and start it now; returns its id.
 
         ``payload`` is the ciphertext of encrypted arguments (``args``/``kwargs`` then
-        empty). Call it on the event loop thread.
+        empty). A full queue takes the task anyway unless ``refuse_when_full``: then the
+        record becomes rejected and ``QueueFullError`` is raised, as by ``add_task``.
+        Call it on the event loop thread.
         """
         check_priority(priority)
         queue = self.resolve_queue(queue)
@@ -286,8 +420,12 @@ class TaskManager:
         )
         assert task is not None  # no idempotency key: always created
         if self._queues:
-            # Accepted once already: a full queue does not refuse it again.
-            self._queues[queue].push(task_id, task, priority, front=spec.config.eager, force=True)
+            try:
+                # A retry was accepted once already: a full queue does not refuse it again.
+                self._queues[queue].push(task_id, task, priority, front=spec.config.eager, force=not refuse_when_full)
+            except QueueFullError as exc:
+                self.core.transition(task_id, "rejected", error=str(exc))
+                raise
         else:
             self._start(task)
         return task_id
@@ -314,10 +452,8 @@ class TaskManager:
         JSON cannot hold them) and journaled. ``context`` defaults to a copy of the current one.
         """
         writer = self.journal_writer(spec)
-        cipher = self.runner.cipher
-        if payload is None and cipher is not None:
-            payload = cipher.encrypt(args, kwargs)
-            args, kwargs = (), {}
+        if payload is None:
+            args, kwargs, payload = self.encrypt_arguments(args, kwargs)
         # The common case (neither persistent nor journaled) skips serialisation entirely.
         args_json, kwargs_json = (
             self.serialize_arguments(spec, args, kwargs)
@@ -476,18 +612,72 @@ class TaskManager:
         that runs, but no task of the queue starts until fewer than the new limit run.
         Lowering ``max_size`` keeps what waits and rejects new tasks until fewer wait.
         ``KeyError`` for an unknown queue, ``ValueError`` for a limit that is not a
-        whole number >= 1 or None. Not persisted: a restart uses the constructor's limits.
+        whole number >= 1 or None. With a snapshot file the limits of every queue are
+        saved there (in the background), and a later start applies them.
         """
         queue = self._queues.get(name)
         if queue is None:
             raise KeyError(f"no queue named {name!r}")
         queue.set_limits(concurrency, max_size)
+        self._save_queue_configs()
         return {
             "name": name,
             "concurrency": queue.config.concurrency,
             "max_size": queue.config.max_size,
             "pending": queue.pending,
         }
+
+    def _save_queue_configs(self) -> None:
+        """Save the limits of every queue to the snapshot file, off the event loop; failures are logged."""
+        if self.writer is None:
+            return
+
+        def save() -> None:
+            # Read under the lock: whichever write runs last saves the latest limits.
+            with self._queue_configs_lock:
+                limits = {
+                    name: {"concurrency": queue.config.concurrency, "max_size": queue.config.max_size}
+                    for name, queue in self._queues.items()
+                }
+                try:
+                    self.core.save_metadata(QUEUE_CONFIGS_KEY, orjson.dumps(limits).decode())
+                except SnapshotError as exc:
+                    logger.error(
+                        "fastapi_taskflow: could not save the queue limits; a restart will not keep them: %s", exc
+                    )
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop: this thread may block
+            save()
+            return
+        write = loop.run_in_executor(None, save)
+        self._queue_config_writes.add(write)
+        write.add_done_callback(self._queue_config_writes.discard)
+
+    async def _apply_saved_queue_configs(self) -> None:
+        """Apply the queue limits saved by ``update_queue_config`` (of queues this manager has)."""
+        if self.writer is None or not self._queues:
+            return
+        try:
+            saved = await asyncio.to_thread(self.core.load_metadata, QUEUE_CONFIGS_KEY)
+        except SnapshotError as exc:
+            logger.error("fastapi_taskflow: could not read the saved queue limits; using the configured ones: %s", exc)
+            return
+        try:
+            limits = orjson.loads(saved) if saved is not None else {}
+            items = list(limits.items())
+        except (orjson.JSONDecodeError, AttributeError):
+            logger.warning("fastapi_taskflow: ignoring unreadable saved queue limits %r", saved)
+            return
+        for name, limit in items:
+            queue = self._queues.get(name)
+            if queue is None:
+                continue  # a queue this version of the app no longer has
+            try:
+                queue.set_limits(limit.get("concurrency"), limit.get("max_size"))
+            except (ValueError, AttributeError):
+                logger.warning("fastapi_taskflow: ignoring unreadable saved limits %r of queue %r", limit, name)
 
     def arguments_of(self, task: Mapping[str, Any]) -> Arguments | None:
         """The arguments to run a finished task again, or None when they are gone.
@@ -599,6 +789,8 @@ class TaskManager:
         (so that two processes sharing the file never both take one) and run again:
         pending ones, and running ones of ``requeue_on_interrupt`` functions; other
         running ones are marked interrupted, as they may have had effects already.
+        Queue limits saved by ``update_queue_config`` apply before any queue starts;
+        the scheduler starts last (with ``@schedule`` functions or a snapshot file).
         """
         if self._started:
             return
@@ -606,11 +798,13 @@ class TaskManager:
         self._loop = asyncio.get_running_loop()
         if self.runner.observers is not None:
             self.runner.observers.start()
+        await self._apply_saved_queue_configs()
         for queue in self._all_queues():
             queue.start(self._start_job)
         if self.writer is not None:
             self.writer.start()
             await self._resume_orphans()
+        self.scheduler.start()
 
     async def _resume_orphans(self) -> None:
         try:
@@ -619,12 +813,16 @@ class TaskManager:
             logger.error("fastapi_taskflow: cannot take over unfinished tasks of earlier runs now: %s", exc)
             return
         for record in orphans:
-            self._resume(record)
+            self.run_stored(record)
         if orphans:
             logger.info("fastapi_taskflow: took over %d unfinished tasks of an earlier run", len(orphans))
             self.flush_soon()
 
-    def _resume(self, record: Mapping[str, Any]) -> None:
+    def run_stored(self, record: Mapping[str, Any]) -> None:
+        """Run a journaled record from its stored arguments (an orphan taken over, a one-off run fired).
+
+        Into its queue, never refused there: it was accepted when it was stored.
+        """
         task_id, func_name = str(record["task_id"]), str(record["func_name"])
         spec = self.spec_named(func_name)
         if spec is None:
@@ -676,6 +874,8 @@ class TaskManager:
         """
         if not self._started:
             return
+        # First, so that no schedule fires into queues that no longer start anything.
+        await self.scheduler.stop()
         self._started = False
         queues = self._all_queues()
         for queue in queues:
@@ -688,6 +888,7 @@ class TaskManager:
             for task_id, job in queue.take_waiting(_not_journaled):
                 self._interrupt_waiting(task_id, job, queue.name)
         self._loop = None
+        await asyncio.gather(*self._queue_config_writes, return_exceptions=True)
         if self.writer is not None:
             await self.writer.stop()
         self.runner.shutdown()
@@ -702,6 +903,19 @@ class TaskManager:
         if self.writer is None:
             return 0
         return await self.writer.write_now() or 0
+
+
+def _check_callable_without_arguments(func: Callable[..., Any]) -> None:
+    """A schedule calls its function without arguments: refuse one that needs some, now."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # no signature to read (some builtins): let it try
+        return
+    try:
+        signature.bind()
+    except TypeError as exc:
+        name = getattr(func, "__qualname__", repr(func))
+        raise ValueError(f"a schedule calls its function without arguments, but {name} needs some ({exc})") from exc
 
 
 def _not_journaled(job: object) -> bool:

@@ -1,4 +1,4 @@
-"""The data types of the public API: statuses, task and queue configuration, records, audit entries."""
+"""The data types of the public API: statuses, task and queue configuration, records, one-off runs, audit entries."""
 
 from __future__ import annotations
 
@@ -145,6 +145,38 @@ class TaskRecord:
             executor=data.get("executor"),
             queue=data.get("queue") or "default",
         )
+
+
+@dataclass
+class ScheduledOnce:
+    """A one-off run stored by ``schedule_once``, waiting for ``fire_at``.
+
+    ``args``/``kwargs`` are empty when the arguments are encrypted (``encrypted_payload``).
+    """
+
+    run_key: str
+    func_name: str
+    fire_at: datetime
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    encrypted_payload: bytes | None = None
+    queue: str = "default"
+    priority: int | None = None
+    idempotency_key: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utc_now)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the routes show: never the arguments, payload or idempotency key."""
+        return {
+            "run_key": self.run_key,
+            "func_name": self.func_name,
+            "fire_at": _iso(self.fire_at),
+            "queue": self.queue,
+            "priority": self.priority,
+            "tags": dict(self.tags),
+            "created_at": _iso(self.created_at),
+        }
 
 
 @dataclass

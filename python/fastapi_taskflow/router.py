@@ -11,6 +11,7 @@ from fastapi.params import Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .actions import HISTORY_UNITS, TaskActions
+from .errors import SnapshotError
 from .models import TaskStatus
 
 if TYPE_CHECKING:
@@ -159,6 +160,26 @@ def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | N
         )
         manager.audit.record("update_queue", queue_name, _actor(request), changes)
         return updated
+
+    @router.get("/schedules", summary="Recurring schedules and the one-off runs due within 365 days, soonest first")
+    async def schedules() -> Response:
+        try:
+            return _json(orjson.dumps(await manager.schedules_overview()))
+        except SnapshotError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+
+    # ":path": a run key may hold slashes ("report/2024-06").
+    @router.delete("/schedules/{run_key:path}", summary="Cancel a one-off run before it fires")
+    async def cancel_scheduled(run_key: str, request: Request) -> dict[str, Any]:
+        try:
+            # Without a snapshot file there are no one-off runs, so none by this key.
+            cancelled = manager.writer is not None and await manager.cancel_scheduled(run_key)
+        except SnapshotError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        if not cancelled:
+            raise HTTPException(status_code=404, detail="Scheduled run not found")
+        manager.audit.record("cancel_scheduled", run_key, _actor(request), {})
+        return {"run_key": run_key, "cancelled": True}
 
     @router.post(
         "/bulk-retry",
