@@ -6,12 +6,13 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from fastapi_taskflow import ManagedBackgroundTasks, TaskAdmin, TaskManager, actions
+from fastapi_taskflow import ManagedBackgroundTasks, QueueConfig, QueueFullError, TaskAdmin, TaskManager, actions
 from fastapi_taskflow.dashboard import stream
 from fastapi_taskflow.task_logging import task_log
 
@@ -19,7 +20,13 @@ if "TASKFLOW_TEST_STREAM_SECONDS" in os.environ:
     # Streams end this often, so that the browser's own reconnect can be observed.
     stream.MAX_STREAM_SECONDS = float(os.environ["TASKFLOW_TEST_STREAM_SECONDS"])
 
-task_manager = TaskManager(snapshot_db="tasks.db")
+# TASKFLOW_TEST_QUEUES: queue mode, with a queue small enough to fill from a test.
+_queues = (
+    {"email": QueueConfig(concurrency=1, max_size=1), "reports": QueueConfig(concurrency=4)}
+    if os.environ.get("TASKFLOW_TEST_QUEUES")
+    else None
+)
+task_manager = TaskManager(snapshot_db="tasks.db", queues=_queues)
 app = FastAPI()
 _auth = os.environ.get("TASKFLOW_TEST_AUTH")
 TaskAdmin(
@@ -129,3 +136,34 @@ async def clock_ahead(seconds: int) -> dict[str, int]:
     """Moves the clock of DELETE /tasks/history forward, so that just-finished tasks count as old."""
     actions.now_us = lambda: _real_now_us() + seconds * 1_000_000
     return {"ahead": seconds}
+
+
+@app.post("/enqueue-to/{queue}/{gate}")
+async def enqueue_to(queue: str, gate: str, tasks: ManagedBackgroundTasks) -> dict[str, str | None]:
+    """A wait_for_gate task in ``queue``; ``task_id`` null when the queue is full."""
+    _gates.setdefault(gate, asyncio.Event())
+    try:
+        return {"task_id": tasks.add_task(wait_for_gate, gate, queue=queue)}
+    except QueueFullError:
+        return {"task_id": None}
+
+
+if os.environ.get("TASKFLOW_TEST_SCHEDULES"):
+
+    @task_manager.schedule(every=3600, run_on_startup=True)
+    async def hourly_digest() -> None:
+        task_log("digest sent")
+
+    @task_manager.schedule(cron="0 3 * * *", timezone="Europe/Paris")
+    async def nightly_cleanup() -> None:
+        task_log("cleaned up")
+
+
+@app.post("/schedule-once/{run_key}")
+async def schedule_once(run_key: str, seconds: float, customer: str = "acme") -> dict[str, str]:
+    """Plans ``send_report(customer)`` once, ``seconds`` from now."""
+    run_at = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    await task_manager.schedule_once(
+        send_report, customer, run_at=run_at, run_key=run_key, tags={"customer": customer}, priority=3
+    )
+    return {"run_key": run_key, "fire_at": run_at.isoformat()}

@@ -23,6 +23,19 @@ class Server(RunningServer):
         task_id: str = response.json()["task_id"]
         return task_id
 
+    def enqueue_to(self, queue: str, gate: str) -> str | None:
+        """A task kept running until ``gate`` opens, in ``queue``; None when the queue turned it away."""
+        response = self.client.post(f"/enqueue-to/{queue}/{gate}")
+        response.raise_for_status()
+        task_id: str | None = response.json()["task_id"]
+        return task_id
+
+    def schedule_once(self, run_key: str, seconds: float, customer: str = "acme") -> None:
+        """``send_report(customer)`` planned once, ``seconds`` from now (needs the real one-off scheduler)."""
+        self.client.post(
+            f"/schedule-once/{run_key}", params={"seconds": seconds, "customer": customer}
+        ).raise_for_status()
+
     @contextlib.contextmanager
     def enqueue_held(self, gate: str) -> Iterator[str]:
         """A task kept pending by its held response, until the block ends (which opens the gate)."""

@@ -192,3 +192,24 @@ async def test_metrics_ticks_carry_metrics_and_a_chart_point(make_store: Callabl
     hello = (await later.until(lambda fs: len(fs) >= 1))[0]
     assert len(hello["json"]["series"]) >= len(points)
     await later.close()
+
+
+async def test_metrics_ticks_carry_the_queues_figures_read_at_each_tick(make_store: Callable[..., Any]) -> None:
+    store = make_store()
+    figures = [{"name": "email", "concurrency": 2, "max_size": None, "pending": 0, "running": 0}]
+    hub = EventHub(store, queue_stats=lambda: [dict(q) for q in figures])
+    reader = Reader(hub.stream(None))
+    ticks = await reader.until(lambda fs: any(f.get("event") == "metrics" for f in fs))
+    assert next(f for f in ticks if f.get("event") == "metrics")["json"]["queues"] == figures
+    figures[0]["running"] = 2
+
+    def tick_with_running(frames: list[Frame]) -> bool:
+        return any(f.get("event") == "metrics" and f["json"]["queues"][0]["running"] == 2 for f in frames)
+
+    await reader.until(tick_with_running)
+    await reader.close()
+    # Without queue figures (a hub on its own store) the tick has no "queues" key.
+    plain = Reader(EventHub(store).stream(None))
+    frames = await plain.until(lambda fs: any(f.get("event") == "metrics" for f in fs))
+    assert "queues" not in next(f for f in frames if f.get("event") == "metrics")["json"]
+    await plain.close()

@@ -1,8 +1,8 @@
 """The live dashboard: ``index.html``, ``app.js`` and ``app.css`` served from package data, and its stream.
 
 Nothing is fetched from the network: no CDN, no web fonts. The page reads the task
-routes (``GET {path}``, ``GET {path}/{id}``, ``GET {path}/metrics``) and follows the
-live stream at ``GET {path}/dashboard/stream``.
+routes (``GET {path}``, ``GET {path}/{id}``, ``GET {path}/metrics``, ``{path}/queues``,
+``{path}/schedules``) and follows the live stream at ``GET {path}/dashboard/stream``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def create_dashboard_router(
     answers 401 without a valid session cookie; the assets hold no data and stay public.
     """
     router = APIRouter(include_in_schema=False)
-    hub = EventHub(task_manager.core)
+    hub = EventHub(task_manager.core, queue_stats=task_manager.queue_stats)
     assets = {name: _read(name) for name in ASSET_TYPES}
     version = hashlib.sha256(b"".join(assets.values())).hexdigest()[:12]
     config = {

@@ -44,6 +44,7 @@
     argsRequested: null,
     note: null, // {id, kind, parts}: the result of an action, shown in that task's panel
     audit: null, // entries of GET {base}/audit once the tab was opened
+    queues: null, // GET {base}/queues, then each metrics tick's "queues"
   };
 
   /* The dead letters: one page merged from one server list per status, newest first. A
@@ -109,6 +110,42 @@
     return n === null || n === undefined ? "–" : Number(n).toLocaleString();
   }
 
+  /* A span of time for people: "25 s", "4 min 12 s" (seconds matter while it is near), "2 h 5 min", "3 days 4 h". */
+  function fmtSpan(seconds) {
+    const s = Math.floor(seconds);
+    if (s < 60) return s + " s";
+    if (s < 3600) {
+      const m = Math.floor(s / 60);
+      return m + " min" + (m < 10 && s % 60 ? " " + (s % 60) + " s" : "");
+    }
+    if (s < 86400) {
+      const m = Math.floor((s % 3600) / 60);
+      return Math.floor(s / 3600) + " h" + (m ? " " + m + " min" : "");
+    }
+    const d = Math.floor(s / 86400);
+    const hours = Math.floor((s % 86400) / 3600);
+    return d + (d === 1 ? " day" : " days") + (hours ? " " + hours + " h" : "");
+  }
+
+  /* "in 25 s" or "3 min ago"; `due` is said instead of "ago" for a time something was to happen at. */
+  function fmtRelative(iso, due) {
+    const delta = (Date.parse(iso) - Date.now()) / 1000;
+    if (delta >= 1) return "in " + fmtSpan(delta);
+    if (due) return due;
+    return delta > -1 ? "just now" : fmtSpan(-delta) + " ago";
+  }
+
+  /* A relative time that the page keeps current (see refreshTimes), with the absolute one on hover. */
+  function relTime(iso, due) {
+    return h("time", { datetime: iso, title: fmtTime(iso, true), "data-due": due || null, text: fmtRelative(iso, due) });
+  }
+
+  function refreshTimes(root) {
+    for (const el of root.querySelectorAll("time[datetime]")) {
+      el.textContent = fmtRelative(el.getAttribute("datetime"), el.dataset.due);
+    }
+  }
+
   /* Sort key of the server's order: (created_at, task_id), newest first. ISO strings of one
      format compare as text once the fraction, omitted when zero, is written out. */
   function orderKey(task) {
@@ -129,8 +166,16 @@
   function errorText(data, response) {
     const detail = data && data.detail;
     if (typeof detail === "string") return detail;
-    if (Array.isArray(detail)) return detail.map((d) => (d && d.msg) || JSON.stringify(d)).join("; ");
+    if (Array.isArray(detail)) return detail.map(validationError).join("; ");
     return response.status + " " + (response.statusText || "error");
+  }
+
+  /* One entry of a 422's detail, named by the field it is about: "concurrency: Input should be ...".
+     FastAPI's loc is [where ("body", "query"...), field, then what lies inside the field]. */
+  function validationError(d) {
+    if (!d || !d.msg) return JSON.stringify(d);
+    const field = Array.isArray(d.loc) && d.loc.length > 1 ? d.loc[1] : null;
+    return typeof field === "string" ? field + ": " + d.msg : d.msg;
   }
 
   /* A state-changing request. Same-origin fetches carry Sec-Fetch-Site: same-origin (and
@@ -194,20 +239,55 @@
   }
 
   /* The confirmation dialog: resolves true when the user confirms. Escape or the other button
-     dismisses it. Enter in a field of the body confirms (the first button is the default one). */
+     dismisses it. Enter in a field of the body confirms (the first button is the default one).
+
+     With `accept` (an async function returning an error message, or nothing when done), the
+     dialog stays open on confirm until accept succeeds, showing its message otherwise: the
+     fields keep what the user typed while they fix it. accept validates by itself, so the
+     browser's own validation is off then. */
   function confirmDialog(options) {
     const dialog = $("confirm");
+    const form = $("confirm-form");
+    const error = $("confirm-error");
     $("confirm-title").textContent = options.title;
     $("confirm-body").replaceChildren(...[options.body].flat(Infinity).filter(Boolean).map((p) => (p instanceof Node ? p : h("p", { text: p }))));
+    error.hidden = true;
+    form.noValidate = Boolean(options.accept);
     const ok = $("confirm-ok");
     ok.textContent = options.confirm || "OK";
     ok.className = options.danger ? "danger" : "primary";
     $("confirm-cancel").textContent = options.dismiss || "Cancel";
     return new Promise((resolve) => {
+      let closed = false; // dismissed while accept was on its way: its answer no longer concerns this dialog
+      const submit = async (e) => {
+        if (!options.accept || e.submitter !== ok) return;
+        e.preventDefault();
+        ok.disabled = true;
+        const problem = await options.accept();
+        ok.disabled = false;
+        if (closed) return;
+        if (!problem) {
+          dialog.close("ok");
+          return;
+        }
+        error.textContent = problem;
+        error.hidden = false;
+        // Disabling the focused button dropped the focus: keep it in the dialog.
+        if (!dialog.contains(document.activeElement)) ok.focus();
+      };
+      form.addEventListener("submit", submit);
       dialog.returnValue = "";
-      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+      dialog.addEventListener(
+        "close",
+        () => {
+          closed = true;
+          form.removeEventListener("submit", submit);
+          resolve(dialog.returnValue === "ok");
+        },
+        { once: true },
+      );
       dialog.showModal();
-      const field = dialog.querySelector("#confirm-body input, #confirm-body select");
+      const field = dialog.querySelector("#confirm-body input:not(:disabled), #confirm-body select");
       (field || (options.danger ? $("confirm-cancel") : ok)).focus();
     });
   }
@@ -419,6 +499,7 @@
     }
     const task = event.task;
     if (!task) return;
+    if (event.type === "created" && task.source === "scheduled") plans.stale = true;
     applyRecord(task, event.type === "created");
     applyDead(task);
     if (state.detail && task.task_id === state.selected) {
@@ -466,6 +547,10 @@
     source.addEventListener("metrics", (e) => {
       const data = JSON.parse(e.data);
       state.metrics = data.metrics;
+      if (data.queues) {
+        state.queues = data.queues;
+        if (!$("tab-queues").hidden) renderQueues();
+      }
       state.series.push(data.point);
       if (state.series.length > 600) state.series.splice(0, state.series.length - 600);
       renderMetrics();
@@ -494,6 +579,7 @@
     loadMetrics();
     if (dead.loaded) loadDead();
     if (state.selected) openDetail(state.selected);
+    plans.stale = true;
   }
 
   /* ------------------------------------------------------------ the metrics */
@@ -890,22 +976,30 @@
     renderMetrics();
   }
 
+  /* A function name that opens the Tasks tab filtered to that function. */
+  function functionLink(name) {
+    return h("a", {
+      href: "#",
+      text: name,
+      title: "Show the tasks of " + name,
+      onclick: (e) => {
+        e.preventDefault();
+        $("name").value = name;
+        state.filters.name = name;
+        selectTab("tasks");
+        resetPaging();
+      },
+    });
+  }
+
   function renderRegistered() {
     const byName = (state.metrics && state.metrics.by_name) || {};
     const rows = state.registered.map((r) => {
       const s = byName[r.name];
-      const link = h("a", { href: "#", text: r.name, title: "Show the tasks of " + r.name });
-      link.addEventListener("click", (e) => {
-        e.preventDefault();
-        $("name").value = r.name;
-        state.filters.name = r.name;
-        selectTab("tasks");
-        resetPaging();
-      });
       return h(
         "tr",
         {},
-        h("td", { class: "fn" }, link),
+        h("td", { class: "fn" }, functionLink(r.name)),
         h("td", { text: r.executor }),
         h("td", { class: "num", text: String(r.retries) }),
         h("td", { class: "num", text: r.delay + " s" }),
@@ -1102,6 +1196,312 @@
     loadDead();
   }
 
+  /* ------------------------------------------------------------ queues tab */
+
+  const QUEUE_FIGURES = [
+    ["pending", "Waiting"],
+    ["running", "Running"],
+    ["finished", "Finished"],
+    ["rejected", "Rejected"],
+  ];
+
+  function limitText(limit) {
+    return limit === null || limit === undefined ? "unlimited" : fmtCount(limit);
+  }
+
+  async function loadQueues() {
+    try {
+      const response = await api("/queues");
+      if (!response.ok) {
+        flash("error", "Could not load the queues: " + response.status);
+        return;
+      }
+      state.queues = await response.json();
+    } catch (_) {
+      return;
+    }
+    renderQueues();
+  }
+
+  /* One card per queue, built when the set of queues changes and updated in place every
+     second after that, so that a focused "Edit limits" button keeps its focus. */
+  let queueCardsOf = null; // the JSON list of queue names the cards were built for
+  function renderQueues() {
+    const queues = state.queues;
+    if (!queues) return;
+    const grid = $("queues");
+    $("queues-empty").hidden = queues.length > 0;
+    const names = JSON.stringify(queues.map((q) => q.name));
+    if (names !== queueCardsOf) {
+      queueCardsOf = names;
+      grid.replaceChildren(...queues.map(queueCard));
+    }
+    queues.forEach((q, i) => fillQueueCard(grid.children[i], q));
+  }
+
+  function queueCard(q, index) {
+    const title = "queue-title-" + index;
+    return h(
+      "article",
+      { class: "card queue", "data-queue": q.name, "aria-labelledby": title },
+      h(
+        "div",
+        { class: "queue-head" },
+        h("h3", { id: title, text: q.name, title: q.name }),
+        h("span", { class: "badge rejected queue-full", text: "Full", title: "As many tasks wait as the queue allows: new ones are rejected", hidden: true }),
+        h("span", { class: "spacer" }),
+        h("button", { type: "button", class: "icon queue-edit", text: "Edit limits", "aria-label": "Edit limits of queue " + q.name, onclick: () => editLimits(q.name) }),
+      ),
+      h("p", { class: "queue-limits muted small" }),
+      h("div", { class: "meter", role: "meter", "aria-valuemin": "0", "aria-label": "Running slots in use" }, h("span")),
+      h("p", { class: "queue-usage small" }),
+      h("dl", { class: "queue-figures" }, QUEUE_FIGURES.map(([key, label]) => h("div", {}, h("dt", { text: label }), h("dd", { "data-figure": key })))),
+    );
+  }
+
+  function fillQueueCard(card, q) {
+    const full = q.max_size !== null && q.pending >= q.max_size;
+    card.dataset.full = String(full);
+    card.querySelector(".queue-full").hidden = !full;
+    card.querySelector(".queue-limits").textContent = "Concurrency " + limitText(q.concurrency) + " · max waiting " + limitText(q.max_size);
+    const limited = q.concurrency !== null;
+    const usage = limited
+      ? fmtCount(q.running) + " of " + fmtCount(q.concurrency) + " running" +
+        (q.running > q.concurrency ? ": over the lowered limit, nothing starts until fewer run" : "")
+      : fmtCount(q.running) + " running";
+    const meter = card.querySelector(".meter");
+    meter.dataset.level = !limited ? "unlimited" : q.running >= q.concurrency ? "full" : "ok";
+    meter.setAttribute("aria-valuemax", String(limited ? q.concurrency : Math.max(q.running, 1)));
+    meter.setAttribute("aria-valuenow", String(limited ? Math.min(q.running, q.concurrency) : q.running));
+    meter.setAttribute("aria-valuetext", usage);
+    meter.firstChild.style.width = limited ? Math.min(100, (100 * q.running) / q.concurrency).toFixed(1) + "%" : "0";
+    card.querySelector(".queue-usage").textContent = usage;
+    for (const [key] of QUEUE_FIGURES) {
+      const dd = card.querySelector('[data-figure="' + key + '"]');
+      dd.textContent = fmtCount(q[key]);
+      dd.classList.toggle("s-failed", key === "rejected" && q[key] > 0);
+    }
+  }
+
+  /* A limit field of the queue dialog: a whole number, or "No limit" ticked. */
+  function limitField(key, label, help, value) {
+    const id = "limit-" + key;
+    const input = h("input", { type: "number", id, min: "1", step: "1", inputmode: "numeric", "aria-describedby": id + "-help" });
+    const unlimited = h("input", { type: "checkbox", id: id + "-none" });
+    const sync = () => {
+      input.disabled = unlimited.checked;
+      input.placeholder = unlimited.checked ? "no limit" : "";
+      input.removeAttribute("aria-invalid");
+    };
+    unlimited.addEventListener("change", () => {
+      sync();
+      if (!unlimited.checked) input.focus();
+    });
+    input.addEventListener("input", () => input.removeAttribute("aria-invalid"));
+    if (value === null) unlimited.checked = true;
+    else input.value = String(value);
+    sync();
+    const el = h(
+      "div",
+      { class: "limit-field" },
+      h("label", { for: id, text: label }),
+      h("div", { class: "fields" }, input, h("label", { class: "check", for: id + "-none" }, unlimited, "No limit")),
+      h("p", { class: "muted small", id: id + "-help", text: help }),
+    );
+    // The value to send, or the message that says why there is none.
+    const read = () => {
+      if (unlimited.checked) return { value: null };
+      const number = input.value.trim() === "" ? NaN : Number(input.value);
+      if (Number.isSafeInteger(number) && number >= 1) return { value: number };
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+      return { error: label + " must be a whole number of at least 1, or tick “No limit”." };
+    };
+    return { key, el, read };
+  }
+
+  async function editLimits(name) {
+    const q = (state.queues || []).find((x) => x.name === name);
+    if (!q) return;
+    const fields = [
+      limitField("concurrency", "Concurrency", "How many of its tasks run at once.", q.concurrency),
+      limitField("max_size", "Max waiting", "How many may wait for a slot; more are rejected (QueueFullError).", q.max_size),
+    ];
+    let saved = null;
+    const ok = await confirmDialog({
+      title: "Limits of queue " + name,
+      body: [
+        fields.map((f) => f.el),
+        h("p", { class: "muted", text: "They apply at once and last until the server restarts. A lower concurrency stops nothing that runs: no task starts until fewer run." }),
+      ],
+      confirm: "Save",
+      accept: async () => {
+        const limits = {};
+        for (const field of fields) {
+          const read = field.read();
+          if (read.error) return read.error;
+          limits[field.key] = read.value;
+        }
+        const result = await send("PATCH", "/queues/" + encodeURIComponent(name), limits);
+        if (!result.ok) return "Not saved: " + result.error;
+        saved = result.data;
+        return null;
+      },
+    });
+    if (!ok || !saved) return;
+    const index = state.queues.findIndex((x) => x.name === name);
+    if (index >= 0) state.queues[index] = Object.assign({}, state.queues[index], saved);
+    renderQueues();
+    flash("ok", "Queue " + name + ": concurrency " + limitText(saved.concurrency) + ", max waiting " + limitText(saved.max_size) + ".");
+    afterAction();
+  }
+
+  /* --------------------------------------------------------- schedules tab */
+
+  /* The tab reloads when a schedule fires (a scheduled task appears in the stream), when the
+     next planned time has passed, and every SCHEDULES_REFRESH_MS in any case: runs planned or
+     cancelled in code leave no trace in the stream. */
+  const SCHEDULES_REFRESH_MS = 15000;
+  const plans = { data: null, loadedAt: 0, stale: false, refreshAt: Infinity };
+
+  function fmtEvery(seconds) {
+    const units = [
+      [86400, "day", " days"],
+      [3600, "hour", " h"],
+      [60, "minute", " min"],
+    ];
+    for (const [size, one, many] of units) {
+      if (seconds >= size && seconds % size === 0) return "every " + (seconds === size ? one : seconds / size + many);
+    }
+    return seconds === 1 ? "every second" : "every " + seconds + " s";
+  }
+
+  let plansToken = 0;
+  async function loadSchedules() {
+    const token = ++plansToken;
+    plans.stale = false;
+    plans.loadedAt = Date.now();
+    try {
+      const response = await api("/schedules");
+      if (!response.ok) {
+        flash("error", "Could not load the schedules: " + response.status);
+        return;
+      }
+      const data = await response.json();
+      if (token !== plansToken) return;
+      plans.data = data;
+    } catch (_) {
+      return;
+    }
+    renderSchedules();
+  }
+
+  function tickSchedules() {
+    if ($("tab-schedules").hidden || !plans.data) return;
+    const now = Date.now();
+    if (plans.stale || now >= plans.refreshAt || now - plans.loadedAt >= SCHEDULES_REFRESH_MS) loadSchedules();
+    else refreshTimes($("tab-schedules"));
+  }
+
+  function renderSchedules() {
+    const recurring = plans.data.recurring.slice().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const oneOff = plans.data.one_off.slice().sort((a, b) => Date.parse(a.fire_at) - Date.parse(b.fire_at) || (a.run_key < b.run_key ? -1 : 1));
+    const now = Date.now();
+    const upcoming = [...recurring.map((r) => r.next_run), ...oneOff.map((r) => r.fire_at)].map(Date.parse).filter((t) => t > now);
+    // Just after the soonest of them, the schedule it belongs to has fired and changed.
+    plans.refreshAt = upcoming.length ? Math.min(...upcoming) + 1000 : Infinity;
+
+    $("recurring").tBodies[0].replaceChildren(
+      ...recurring.map((r) =>
+        h(
+          "tr",
+          { class: "static", "data-schedule": r.name },
+          h("td", { class: "fn" }, functionLink(r.name)),
+          h(
+            "td",
+            { class: "trigger" },
+            r.cron === null ? h("span", { text: fmtEvery(r.every) }) : [h("code", { text: r.cron }), " ", h("span", { class: "muted", text: r.timezone })],
+          ),
+          h("td", { text: r.queue }),
+          h("td", { class: "next" }, relTime(r.next_run, "due now")),
+          h("td", { class: "last c-last" }, r.last_run ? relTime(r.last_run) : h("span", { class: "muted", text: "not yet" })),
+        ),
+      ),
+    );
+    $("recurring-empty").hidden = recurring.length > 0;
+    $("recurring-count").textContent = recurring.length ? String(recurring.length) : "";
+
+    const table = $("one-off");
+    const focused = table.contains(document.activeElement) ? document.activeElement.dataset.runKey : undefined;
+    table.tBodies[0].replaceChildren(
+      ...oneOff.map((run) => {
+        const tags = Object.entries(run.tags || {}).map(([k, v]) => h("span", { class: "tag", text: k + "=" + v }));
+        return h(
+          "tr",
+          { class: "static", "data-run-key": run.run_key },
+          h("td", { class: "fires" }, relTime(run.fire_at, "due now")),
+          h("td", { class: "fn" }, functionLink(run.func_name)),
+          h("td", { text: run.queue }),
+          h("td", { class: "num c-priority", text: run.priority === null || run.priority === undefined ? "–" : String(run.priority) }),
+          h("td", { class: "tags c-tags" }, tags),
+          h("td", { class: "id c-id", text: run.run_key, title: run.run_key + " · planned " + fmtTime(run.created_at, true) }),
+          h(
+            "td",
+            { class: "row-action" },
+            h("button", {
+              type: "button",
+              class: "icon danger-outline",
+              "data-run-key": run.run_key,
+              text: "Cancel",
+              "aria-label": "Cancel the run " + run.run_key + " of " + run.func_name,
+              onclick: () => cancelRun(run),
+            }),
+          ),
+        );
+      }),
+    );
+    // A reload rebuilds the rows: the Cancel button that had the focus gets it back.
+    if (focused !== undefined) focusRunButton(focused);
+    $("one-off-empty").hidden = oneOff.length > 0;
+    $("one-off-count").textContent = oneOff.length ? String(oneOff.length) : "";
+  }
+
+  function focusRunButton(runKey) {
+    const button = [...$("one-off").querySelectorAll("button[data-run-key]")].find((b) => b.dataset.runKey === runKey);
+    if (button) button.focus();
+    return Boolean(button);
+  }
+
+  async function cancelRun(run) {
+    const ok = await confirmDialog({
+      title: "Cancel the run of " + run.func_name + "?",
+      body: [
+        "Planned for " + fmtTime(run.fire_at, true) + " (" + fmtRelative(run.fire_at, "due now") + ") with run key " + run.run_key + ". It will not run.",
+        h("p", { class: "muted", text: "Calling schedule_once again with the same run key plans it anew." }),
+      ],
+      confirm: "Cancel run",
+      dismiss: "Keep it",
+      danger: true,
+    });
+    if (!ok) return;
+    const result = await send("DELETE", "/schedules/" + encodeURIComponent(run.run_key));
+    if (result.ok) flash("ok", "Cancelled: " + run.func_name + " will not run at " + fmtTime(run.fire_at, true) + " (run key " + run.run_key + ").");
+    else if (result.status === 404) flash("info", "Nothing to cancel: the run " + run.run_key + " has fired or was cancelled already.");
+    else {
+      flash("error", "Not cancelled: " + result.error);
+      return;
+    }
+    // The focus goes to the run that takes this one's place, else the one before, else the tab.
+    const keys = [...$("one-off").tBodies[0].rows].map((tr) => tr.dataset.runKey);
+    const at = keys.indexOf(run.run_key);
+    const neighbours = [keys[at + 1], keys[at - 1]].filter((k) => k !== undefined);
+    plans.data.one_off = plans.data.one_off.filter((r) => r.run_key !== run.run_key);
+    renderSchedules();
+    if (!neighbours.some(focusRunButton)) $("tab-button-schedules").focus();
+    afterAction();
+    loadSchedules();
+  }
+
   /* ------------------------------------------------------------- audit tab */
 
   async function loadAudit() {
@@ -1123,8 +1523,8 @@
     const rows = entries.map((entry) => {
       const detail = entry.detail === null || entry.detail === undefined ? "" : typeof entry.detail === "string" ? entry.detail : JSON.stringify(entry.detail);
       const task = entry.task_id || "";
-      // Bulk actions and queue edits name no single task.
-      const isTask = task && task !== "bulk" && !/queue/.test(entry.action || "");
+      // Bulk actions, queue edits and cancelled one-off runs (their run key) name no task.
+      const isTask = task && task !== "bulk" && !/queue|schedul/.test(entry.action || "");
       return h(
         "tr",
         { "data-entry": entry.entry_id, "data-action": entry.action, class: "static" },
@@ -1180,7 +1580,7 @@
     afterAction();
   }
 
-  const TABS = ["tasks", "dead", "audit", "registered"];
+  const TABS = ["tasks", "dead", "queues", "schedules", "audit", "registered"];
 
   function selectTab(name) {
     for (const button of document.querySelectorAll(".tabs button")) {
@@ -1192,6 +1592,8 @@
     if (name === "registered") loadRegistered();
     if (name === "dead") loadDead();
     if (name === "audit") loadAudit();
+    if (name === "queues") loadQueues();
+    if (name === "schedules") loadSchedules();
   }
 
   /* ------------------------------------------------------------ controls */
@@ -1404,6 +1806,7 @@
     setupResizer();
     window.addEventListener("resize", drawCharts);
     setInterval(drawCharts, 5000); // the time axis moves even when nothing happens
+    setInterval(tickSchedules, 1000); // "in 25 s" counts down
 
     selectTab("tasks");
     loadRegistered();

@@ -9,8 +9,10 @@ a client that fell further behind than the ring reaches gets a ``reset`` event a
 reloads what it shows.
 
 Besides task events the pump sends, once a second, a ``metrics`` event: the core's
-metrics and one point (tasks created and finished, latency percentiles) of the
-throughput and latency charts.
+metrics, the named queues' figures (when the hub is given them) and one point (tasks
+created and finished, latency percentiles) of the throughput and latency charts. Queue
+figures ride on the tick because they change with every start and end, and one frame
+built for every client costs less than each open Queues tab polling for them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import secrets
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,8 +132,15 @@ class _Window:
 class EventHub:
     """Reads the core's events once and fans the framed bytes out to every client."""
 
-    def __init__(self, core: TaskStore, *, buffered_events: int = BUFFERED_EVENTS) -> None:
+    def __init__(
+        self,
+        core: TaskStore,
+        *,
+        buffered_events: int = BUFFERED_EVENTS,
+        queue_stats: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self.core = core
+        self._queue_stats = queue_stats
         self.boot = secrets.token_hex(8)
         self.series: deque[dict[str, Any]] = deque(maxlen=SERIES_POINTS)
         self._buffered_events = buffered_events
@@ -272,7 +281,8 @@ class EventHub:
         point = self._window.point(now, seconds)
         self._window = _Window()
         self.series.append(point)
-        body = b'{"metrics":%s,"point":%s}' % (self.core.metrics_json(), orjson.dumps(point))
+        queues = b"" if self._queue_stats is None else b',"queues":' + orjson.dumps(self._queue_stats())
+        body = b'{"metrics":%s,"point":%s%s}' % (self.core.metrics_json(), orjson.dumps(point), queues)
         self._metrics_frame = frame_named("metrics", body)
         self._metrics_generation += 1
         self._wake()
