@@ -35,6 +35,51 @@ Conventions shared by both cores:
   partial indexes ``task_history_owner(owner) WHERE owner IS NOT NULL``,
   ``task_history_idempotency(idempotency_key, created_us) WHERE idempotency_key
   IS NOT NULL`` and ``task_history_end(end_us) WHERE end_us IS NOT NULL``.
+* Schema version 4 (both cores, identical SQL) adds the tables
+  ``task_schedule_locks(lock_key TEXT PRIMARY KEY, expires_us INTEGER NOT NULL)``,
+  ``task_scheduled_once(run_key TEXT PRIMARY KEY, func_name, fire_us, created_us,
+  args_json, kwargs_json, encrypted_payload, queue DEFAULT 'default', priority,
+  idempotency_key, tags_json DEFAULT '{}')`` with the index
+  ``task_scheduled_once_fire(fire_us, run_key)``, and ``task_metadata(key TEXT
+  PRIMARY KEY, value TEXT NOT NULL)``.
+* Schema version 5 (both cores, identical SQL) adds to ``task_history`` the
+  column ``sync_seq INTEGER`` and the partial index ``task_history_sync(sync_seq)
+  WHERE sync_seq IS NOT NULL``. Opening a file of an older version migrates it
+  in place; rows written before version 5 keep a NULL ``sync_seq``.
+* The outbox: every statement that inserts or updates a ``task_history`` row
+  (``flush()``, the journal row of ``fire_scheduled()``, the ownership change of
+  ``claim_orphans()``, ``adopt()``) sets its ``sync_seq`` to a number greater
+  than every number the file has given, rows of one transaction numbered up in
+  the order of ``(created_us, task_id)``. The transaction reads the highest
+  number once (``max(sync_seq)`` through ``task_history_sync``, and the
+  metadata key ``sync_seq_floor``), after ``BEGIN IMMEDIATE``: stores of
+  several processes sharing a file take turns, so numbers are never shared,
+  and they are committed in increasing order. A row rewritten later moves to
+  its new, later number. Deleting rows gives no number; a deletion that removes
+  the rows holding the highest numbers records that number as the metadata
+  ``sync_seq_floor`` (reserved: do not ``save_metadata`` it), so a number is
+  never given twice. ``changed_rows()`` reads the rows in this order; rows
+  whose ``sync_seq`` is NULL (written before version 5, and not rewritten
+  since) are never among them: a replicator of an upgraded file starts with
+  what is written after the upgrade.
+* Schedule locks, one-off schedules, metadata and the outbox live in the file
+  only: the methods for them (``acquire_lock`` to ``load_metadata``,
+  ``changed_rows`` and ``adopt``) raise ``SnapshotError`` on a store without one
+  (saying so) or once it is closed, and ``SnapshotError`` naming the file when
+  it cannot be read or written. They release the GIL, and each write is one
+  transaction (``BEGIN IMMEDIATE``, waiting up to the 5 s busy timeout), so
+  stores of several processes sharing a file never both win a lock or a one-off.
+* A *row* (``changed_rows``, ``adopt``) is a dict with exactly the keys of
+  ``TaskRow`` in ``backends/base.py``, in this order: ``task_id`` (str),
+  ``func_name`` (str), ``status`` (str), ``created_us`` (int), ``start_us``
+  (int | None), ``end_us`` (int | None), ``retries_used`` (int), ``error`` (str |
+  None), ``stacktrace`` (str | None), ``logs_json`` (str: a JSON array of the
+  log lines), ``logs_dropped`` (int), ``tags_json`` (str: a JSON object of the
+  tags), ``source`` (str), ``priority`` (int | None), ``executor`` (str | None),
+  ``queue`` (str), ``idempotency_key`` (str | None), ``args_json``,
+  ``kwargs_json``, ``encrypted_payload`` (bytes | None), ``retry_of`` (str |
+  None), ``owner`` (str | None: the instance holding an unfinished journal row).
+  Every row either core writes has these types.
 """
 
 from typing import Final, final
@@ -295,6 +340,117 @@ class TaskStore:
         metrics forget it, as in ``delete_finished_before``. Raises
         ``SnapshotError`` when the file cannot be written. Releases the GIL.
         """
+
+    def acquire_lock(self, key: str, ttl: float) -> bool:
+        """Take the schedule lock ``key`` for ``ttl`` seconds, unless it is held.
+
+        In one write transaction, every lock whose ``expires_us`` is at or
+        before now is deleted, then ``(key, now + ttl)`` is inserted unless
+        ``key`` is still there (``INSERT OR IGNORE``; the ttl in microseconds,
+        rounded up). Returns True exactly when this call inserted it: a lock
+        is not re-entrant, and its holder is not recorded. Raises
+        ``ValueError`` for a ttl that is not positive or not finite.
+        """
+
+    def save_scheduled(
+        self,
+        run_key: str,
+        func_name: str,
+        fire_us: int,
+        *,
+        args_json: bytes | None = None,
+        kwargs_json: bytes | None = None,
+        encrypted_payload: bytes | None = None,
+        queue: str = "default",
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Save the one-off schedule ``run_key``, due at ``fire_us`` (µs since epoch).
+
+        An upsert by ``run_key``: saving a run key again reschedules it, every
+        column replaced and ``created_us`` set to now. The other arguments are
+        what ``fire_scheduled`` copies into the task it creates.
+        """
+
+    def load_due(self, before_us: int, limit: int = 1_000) -> list[dict[str, object]]:
+        """The one-offs with ``fire_us <= before_us``, ordered by ``(fire_us, run_key)``, at most ``limit``.
+
+        Each a dict with the keys ``run_key, func_name, fire_us, created_us,
+        args_json, kwargs_json, encrypted_payload`` (bytes | None), ``queue,
+        priority, idempotency_key`` and ``tags`` (a dict, empty when none). A
+        read (it takes no write lock). Raises ``ValueError`` for a limit below 1.
+        """
+
+    def delete_scheduled(self, run_key: str) -> bool:
+        """Delete the one-off ``run_key``; True when a row was deleted."""
+
+    def fire_scheduled(
+        self, run_key: str, *, executor: str | None = None, journal: bool = True
+    ) -> tuple[str, bool] | None:
+        """Consume the one-off ``run_key`` and create its task.
+
+        One write transaction reads and deletes the row and, when ``journal``,
+        inserts the new task's journal row (pending, owned by this store's
+        ``instance_id``), so a process killed at any instant leaves either the
+        one-off still scheduled or a journaled task that a later store's
+        ``claim_orphans()`` takes. The record is created as ``create(func_name,
+        source="scheduled", journal=journal, executor=executor, ...)`` would
+        create it, with the one-off's arguments, payload, queue, priority, tags
+        and idempotency key (same id in memory and file, metrics, ``created``
+        event); its journal row being written already, the next ``flush()``
+        does not rewrite it. Returns ``(task_id, True)``; ``(holder_id,
+        False)`` when the idempotency key is held (the rule of ``create``; the
+        one-off is consumed all the same and nothing is created); None when no
+        row has this run key (fired by another store, or deleted). Keyed
+        ``create`` calls of this store wait while a firing runs.
+        """
+
+    def changed_rows(self, after_seq: int, limit: int = 1_000) -> tuple[list[dict[str, object]], int]:
+        """The rows whose ``sync_seq`` is above ``after_seq``, ordered by ``sync_seq``, at most ``limit``.
+
+        Each a row dict (see the module docstring; each row as it is now, so a
+        row rewritten since holds its latest values, at its latest number).
+        The int is the ``sync_seq`` of the last row returned, ``after_seq``
+        when there is none: passing it back as ``after_seq`` reads on from
+        there, and a reader that stored it misses no row written later. A
+        read (it takes no write lock), served by ``task_history_sync``. Raises
+        ``ValueError`` for a limit below 1.
+        """
+
+    def adopt(self, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+        """Take over unfinished rows of another instance (row dicts, see the module docstring).
+
+        Every row is checked before anything happens, and the first problem
+        found is raised; then nothing is adopted. First the keys of each row in
+        turn, in the order of the row's keys: ``ValueError`` naming the task
+        (``row <index>`` until its ``task_id`` is read) and the key, for a
+        missing key or a value of another type (an int must fit in 64 bits and
+        not be a bool; other keys are ignored), and ``TypeError`` for an item
+        that is not a dict. Then the values of each row in turn: ``ValueError``
+        naming the task and the key, for a ``task_id`` that is not a canonical
+        (lowercase, hyphenated) UUID, a ``status`` other than pending or
+        running, a negative ``retries_used`` or ``logs_dropped``, a
+        ``logs_json`` that is not a JSON array of strings or a ``tags_json``
+        that is not a JSON object of strings. Otherwise, in one write
+        transaction, each row whose id is
+        neither in memory nor in the file (nor earlier in ``rows``) is inserted
+        as a journal row owned by this store's ``instance_id``, with its tags and
+        a new ``sync_seq`` (the given ``owner`` is not kept; logs and tags are
+        written as the record holds them, in compact JSON). Those records are
+        then held in memory as journaled records with their stored status,
+        fields, logs (bounded by ``max_log_lines``), tags and arguments, as
+        ``claim_orphans()`` holds its rows, but counted in the metrics as
+        records created by this store (``total`` and their status), each with
+        a ``created`` event carrying its status. Returns their ``get()`` dicts,
+        oldest first (by ``(created_us, task_id)``); ids skipped are left out.
+        """
+
+    def save_metadata(self, key: str, value: str) -> None:
+        """Set the metadata ``key`` to ``value`` (an upsert)."""
+
+    def load_metadata(self, key: str) -> str | None:
+        """The metadata value of ``key``, or None when it was never set."""
 
     def memory_len(self) -> int:
         """Number of records held in memory (live and finished)."""

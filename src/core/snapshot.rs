@@ -1,6 +1,7 @@
 //! The SQLite snapshot file: schema and migrations, history and journal flush, reads for
-//! pages, details and idempotency keys, orphan claims, deletions, and the metric rows read
-//! at open.
+//! pages, details and idempotency keys, orphan claims, deletions, the metric rows read at
+//! open, schedule locks, one-off schedules, metadata, and the outbox of rows to replicate
+//! (`sync_seq`, changed rows, adoption).
 //!
 //! The file format is shared with the pure-Python core (`_pycore`): either core opens the
 //! other's files. One writer and one reader connection, each behind its own lock, so reads
@@ -20,11 +21,11 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::error::{CoreError, CoreResult};
 use super::record::{
-    parse_uuid, write_logs, write_tags, Progress, Record, Status, TaskInfo, UuidText,
+    parse_uuid, write_logs, write_tags, Progress, Record, Status, Tags, TaskInfo, UuidText,
 };
 
 /// Schema scripts; entry `i` migrates version `i` to `i + 1`.
-/// Twin: `_MIGRATIONS` in `_pycore` (identical SQL).
+/// Twin: `MIGRATIONS` in `_pycore/snapshot.py` (identical SQL).
 const MIGRATIONS: &[&str] = &["\
 CREATE TABLE task_history (task_id TEXT PRIMARY KEY, func_name TEXT NOT NULL, status TEXT NOT NULL, \
 created_us INTEGER NOT NULL, start_us INTEGER, end_us INTEGER, retries_used INTEGER NOT NULL DEFAULT 0, \
@@ -49,12 +50,37 @@ ALTER TABLE task_history ADD COLUMN retry_of TEXT;
 CREATE INDEX task_history_owner ON task_history(owner) WHERE owner IS NOT NULL;
 CREATE INDEX task_history_idempotency ON task_history(idempotency_key, created_us) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX task_history_end ON task_history(end_us) WHERE end_us IS NOT NULL;
+", "\
+CREATE TABLE task_schedule_locks (lock_key TEXT PRIMARY KEY, expires_us INTEGER NOT NULL);
+CREATE TABLE task_scheduled_once (run_key TEXT PRIMARY KEY, func_name TEXT NOT NULL, fire_us INTEGER NOT NULL, \
+created_us INTEGER NOT NULL, args_json BLOB, kwargs_json BLOB, encrypted_payload BLOB, \
+queue TEXT NOT NULL DEFAULT 'default', priority INTEGER, idempotency_key TEXT, tags_json TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX task_scheduled_once_fire ON task_scheduled_once(fire_us, run_key);
+CREATE TABLE task_metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+", "\
+ALTER TABLE task_history ADD COLUMN sync_seq INTEGER;
+CREATE INDEX task_history_sync ON task_history(sync_seq) WHERE sync_seq IS NOT NULL;
 "];
 
-/// The columns of a record (the `owner` of a journal row is not part of it).
+/// The columns of a row, in the order [`read_row`] reads them.
 const COLUMNS: &str = "task_id, func_name, status, created_us, start_us, end_us, retries_used, error, \
 stacktrace, logs_json, tags_json, source, priority, executor, queue, idempotency_key, args_json, kwargs_json, \
-logs_dropped, encrypted_payload, retry_of";
+logs_dropped, encrypted_payload, retry_of, owner";
+
+/// The highest `sync_seq` this file has given: the column's maximum (a walk to the end of
+/// `task_history_sync`), or the floor a deletion of the newest rows left behind, so that a
+/// number is never given twice. Read once per write transaction, which numbers its rows up
+/// from here. Twin: `_SYNC_SEQ_HIGH` in `_pycore/snapshot.py`.
+const SYNC_SEQ_HIGH: &str =
+    "SELECT max(coalesce((SELECT max(sync_seq) FROM task_history WHERE sync_seq IS NOT NULL), 0), \
+coalesce((SELECT CAST(value AS INTEGER) FROM task_metadata WHERE key = 'sync_seq_floor'), 0))";
+
+/// Run after a deletion with `?1` = the [`SYNC_SEQ_HIGH`] read before it: when the rows
+/// holding the highest numbers are gone, the number is kept as the floor. Twin:
+/// `_KEEP_SYNC_FLOOR` in `_pycore/snapshot.py`.
+const KEEP_SYNC_FLOOR: &str = "INSERT INTO task_metadata (key, value) SELECT 'sync_seq_floor', ?1 \
+WHERE ?1 > coalesce((SELECT max(sync_seq) FROM task_history WHERE sync_seq IS NOT NULL), 0) \
+ON CONFLICT(key) DO UPDATE SET value = excluded.value";
 
 /// Writes one record. A row already there is the same record written before, and a record's
 /// `TaskInfo` (name, creation time, tags, arguments, key...) never changes: the update sets
@@ -62,12 +88,12 @@ logs_dropped, encrypted_payload, retry_of";
 /// columns (creation time, name, key) alone instead of deleting and re-adding them.
 const UPSERT: &str = "INSERT INTO task_history(task_id, func_name, status, created_us, start_us, end_us, \
 retries_used, error, stacktrace, logs_json, tags_json, source, priority, executor, queue, idempotency_key, \
-args_json, kwargs_json, logs_dropped, encrypted_payload, retry_of, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) \
+args_json, kwargs_json, logs_dropped, encrypted_payload, retry_of, owner, sync_seq) VALUES (?1, ?2, ?3, ?4, ?5, \
+?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23) \
 ON CONFLICT(task_id) DO UPDATE SET status = excluded.status, start_us = excluded.start_us, \
 end_us = excluded.end_us, retries_used = excluded.retries_used, error = excluded.error, \
 stacktrace = excluded.stacktrace, logs_json = excluded.logs_json, logs_dropped = excluded.logs_dropped, \
-owner = excluded.owner";
+owner = excluded.owner, sync_seq = excluded.sync_seq";
 
 /// The statuses that end a task, as an SQL list. Twin of the finished statuses of `record.rs`.
 const FINISHED_SQL: &str = "('success', 'failed', 'interrupted', 'cancelled', 'rejected')";
@@ -79,6 +105,21 @@ const UNFINISHED_SQL: &str = "('pending', 'running')";
 /// rows: ignoring duplicates replaces the delete (which, keyed by tag, would scan the table).
 const INSERT_TAG: &str =
     "INSERT OR IGNORE INTO task_tags (task_id, key, value, created_us) VALUES (?1, ?2, ?3, ?4)";
+
+/// The idempotency key holders of `?1` created after `?2`; walks `task_history_idempotency`,
+/// then filters the few rows of one key. Twin: `_KEY_HOLDERS` in `_pycore/snapshot.py`.
+const KEY_HOLDERS: &str =
+    "SELECT task_id FROM task_history WHERE idempotency_key = ?1 AND created_us > ?2 \
+AND status IN ('pending', 'running', 'success') ORDER BY created_us DESC";
+
+/// The columns of a one-off schedule, in the order of [`Scheduled`]'s fields.
+const SCHEDULED_COLUMNS: &str = "run_key, func_name, fire_us, created_us, args_json, kwargs_json, \
+encrypted_payload, queue, priority, idempotency_key, tags_json";
+
+/// Saving a run key again reschedules it: every column is replaced. Twin: `_SAVE_SCHEDULED`.
+const SAVE_SCHEDULED: &str = "INSERT OR REPLACE INTO task_scheduled_once (run_key, func_name, fire_us, \
+created_us, args_json, kwargs_json, encrypted_payload, queue, priority, idempotency_key, tags_json) \
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 /// [`COLUMNS`] qualified with the history table's alias `h`, for joins.
 fn h_columns() -> &'static str {
@@ -116,6 +157,88 @@ pub(crate) struct DiskRecord {
     pub(crate) task_id: String,
     pub(crate) created_us: i64,
     pub(crate) record: Record,
+}
+
+/// One `task_history` row as the shared backends store it (`TaskRow` in `backends/base.py`):
+/// what `changed_rows` reads and `adopt` takes. Read leniently (see [`read_row`]); a value
+/// a column should not hold becomes its default.
+#[derive(Clone, Debug)]
+pub(crate) struct TaskRow {
+    pub(crate) task_id: String,
+    pub(crate) func_name: Arc<str>,
+    /// As stored: a status this version does not know stays readable here.
+    pub(crate) status: String,
+    pub(crate) created_us: i64,
+    pub(crate) start_us: Option<i64>,
+    pub(crate) end_us: Option<i64>,
+    pub(crate) retries_used: i64,
+    pub(crate) error: Option<Arc<str>>,
+    pub(crate) stacktrace: Option<Arc<str>>,
+    /// A JSON array of the log lines.
+    pub(crate) logs_json: String,
+    pub(crate) logs_dropped: i64,
+    /// A JSON object of the tags.
+    pub(crate) tags_json: String,
+    pub(crate) source: Arc<str>,
+    pub(crate) priority: Option<i64>,
+    pub(crate) executor: Option<Arc<str>>,
+    pub(crate) queue: Arc<str>,
+    pub(crate) idempotency_key: Option<Arc<str>>,
+    pub(crate) args_json: Option<Arc<[u8]>>,
+    pub(crate) kwargs_json: Option<Arc<[u8]>>,
+    pub(crate) encrypted_payload: Option<Arc<[u8]>>,
+    pub(crate) retry_of: Option<Arc<str>>,
+    pub(crate) owner: Option<String>,
+}
+
+impl TaskRow {
+    /// The record the row holds; `None` when its status is unknown.
+    pub(crate) fn into_record(self) -> Option<DiskRecord> {
+        let status = Status::parse(&self.status)?;
+        Some(self.into_record_as(status))
+    }
+
+    /// The record the row holds, with `status` (the row's, parsed). Unreadable logs or tags
+    /// are none (the row stays listable).
+    pub(crate) fn into_record_as(self, status: Status) -> DiskRecord {
+        let logs: VecDeque<Arc<str>> = serde_json::from_str::<Vec<String>>(&self.logs_json)
+            .unwrap_or_default()
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        let record = Record {
+            info: Arc::new(TaskInfo {
+                func_name: self.func_name,
+                created_us: self.created_us,
+                tags: parse_tags(&self.tags_json),
+                source: self.source,
+                priority: self.priority,
+                executor: self.executor,
+                queue: self.queue,
+                idempotency_key: self.idempotency_key,
+                args_json: self.args_json,
+                kwargs_json: self.kwargs_json,
+                encrypted_payload: self.encrypted_payload,
+                retry_of: self.retry_of,
+            }),
+            progress: Progress {
+                status,
+                start_us: self.start_us,
+                end_us: self.end_us,
+                retries_used: self.retries_used,
+                error: self.error,
+                stacktrace: self.stacktrace,
+            },
+            logs,
+            logs_dropped: u64::try_from(self.logs_dropped).unwrap_or(0),
+            rev: 0,
+        };
+        DiskRecord {
+            task_id: self.task_id,
+            created_us: self.created_us,
+            record,
+        }
+    }
 }
 
 /// One row of the metric rebuild at open.
@@ -160,6 +283,30 @@ pub(crate) struct PageQuery<'a> {
     /// Only records carrying this `(key, value)` tag.
     pub(crate) tag: Option<(&'a str, &'a str)>,
     pub(crate) limit: usize,
+}
+
+/// What a one-off schedule runs: the task it creates when it fires.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OneOff {
+    pub(crate) func_name: String,
+    pub(crate) args_json: Option<Arc<[u8]>>,
+    pub(crate) kwargs_json: Option<Arc<[u8]>>,
+    pub(crate) encrypted_payload: Option<Arc<[u8]>>,
+    pub(crate) queue: String,
+    pub(crate) priority: Option<i64>,
+    pub(crate) idempotency_key: Option<Arc<str>>,
+    pub(crate) tags: Option<Tags>,
+}
+
+/// A stored one-off schedule (a row of `task_scheduled_once`).
+#[derive(Clone, Debug)]
+pub(crate) struct Scheduled {
+    pub(crate) run_key: String,
+    /// When it is due, µs since the epoch.
+    pub(crate) fire_us: i64,
+    /// When it was (last) saved.
+    pub(crate) created_us: i64,
+    pub(crate) task: OneOff,
 }
 
 /// Whether `path` names SQLite's private in-memory database rather than a file.
@@ -455,55 +602,147 @@ fn delete_where(
     Ok(())
 }
 
+/// A stored row of [`COLUMNS`], read leniently: a column holding a value of another type
+/// (written by some other program) is read as its text or number where that makes sense,
+/// else as the column's default.
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        task_id: text(row.get_ref(0)?).unwrap_or_default(),
+        func_name: arc_text(row.get_ref(1)?, ""),
+        status: text(row.get_ref(2)?).unwrap_or_default(),
+        created_us: int(row.get_ref(3)?).unwrap_or(0),
+        start_us: int(row.get_ref(4)?),
+        end_us: int(row.get_ref(5)?),
+        retries_used: int(row.get_ref(6)?).unwrap_or(0),
+        error: text(row.get_ref(7)?).map(Arc::from),
+        stacktrace: text(row.get_ref(8)?).map(Arc::from),
+        logs_json: text(row.get_ref(9)?).unwrap_or_else(|| "[]".to_owned()),
+        tags_json: text(row.get_ref(10)?).unwrap_or_else(|| "{}".to_owned()),
+        source: arc_text(row.get_ref(11)?, "manual"),
+        priority: int(row.get_ref(12)?),
+        executor: text(row.get_ref(13)?).map(Arc::from),
+        queue: arc_text(row.get_ref(14)?, "default"),
+        idempotency_key: text(row.get_ref(15)?).map(Arc::from),
+        args_json: blob(row.get_ref(16)?),
+        kwargs_json: blob(row.get_ref(17)?),
+        logs_dropped: int(row.get_ref(18)?).unwrap_or(0),
+        encrypted_payload: blob(row.get_ref(19)?),
+        retry_of: text(row.get_ref(20)?).map(Arc::from),
+        owner: text(row.get_ref(21)?),
+    })
+}
+
 /// A stored row as a record; `None` when the row is unusable (unknown status).
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<DiskRecord>> {
-    let Some(status) = text(row.get_ref(2)?).as_deref().and_then(Status::parse) else {
-        return Ok(None);
-    };
-    let task_id = text(row.get_ref(0)?).unwrap_or_default();
-    let created_us = int(row.get_ref(3)?).unwrap_or(0);
-    let logs: VecDeque<Arc<str>> = text(row.get_ref(9)?)
-        .and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .map(Arc::from)
-        .collect();
-    let tags = text(row.get_ref(10)?)
-        .and_then(|s| serde_json::from_str::<OrderedTags>(&s).ok())
+    Ok(read_row(row)?.into_record())
+}
+
+/// Tags stored as JSON text, in their stored order; `None` when empty or unreadable.
+fn parse_tags(json: &str) -> Option<Tags> {
+    serde_json::from_str::<OrderedTags>(json)
+        .ok()
         .filter(|t| !t.0.is_empty())
-        .map(|t| Arc::from(t.0));
-    let record = Record {
-        info: Arc::new(TaskInfo {
-            func_name: arc_text(row.get_ref(1)?, ""),
-            created_us,
-            tags,
-            source: arc_text(row.get_ref(11)?, "manual"),
-            priority: int(row.get_ref(12)?),
-            executor: text(row.get_ref(13)?).map(Arc::from),
-            queue: arc_text(row.get_ref(14)?, "default"),
-            idempotency_key: text(row.get_ref(15)?).map(Arc::from),
-            args_json: blob(row.get_ref(16)?),
-            kwargs_json: blob(row.get_ref(17)?),
-            encrypted_payload: blob(row.get_ref(19)?),
-            retry_of: text(row.get_ref(20)?).map(Arc::from),
-        }),
-        progress: Progress {
-            status,
-            start_us: int(row.get_ref(4)?),
-            end_us: int(row.get_ref(5)?),
-            retries_used: int(row.get_ref(6)?).unwrap_or(0),
-            error: text(row.get_ref(7)?).map(Arc::from),
-            stacktrace: text(row.get_ref(8)?).map(Arc::from),
+        .map(|t| Arc::from(t.0))
+}
+
+/// A row of [`SCHEDULED_COLUMNS`].
+fn row_to_scheduled(row: &rusqlite::Row<'_>) -> rusqlite::Result<Scheduled> {
+    Ok(Scheduled {
+        run_key: text(row.get_ref(0)?).unwrap_or_default(),
+        fire_us: int(row.get_ref(2)?).unwrap_or(0),
+        created_us: int(row.get_ref(3)?).unwrap_or(0),
+        task: OneOff {
+            func_name: text(row.get_ref(1)?).unwrap_or_default(),
+            args_json: blob(row.get_ref(4)?),
+            kwargs_json: blob(row.get_ref(5)?),
+            encrypted_payload: blob(row.get_ref(6)?),
+            queue: text(row.get_ref(7)?).unwrap_or_else(|| "default".to_owned()),
+            priority: int(row.get_ref(8)?),
+            idempotency_key: text(row.get_ref(9)?).map(Arc::from),
+            tags: text(row.get_ref(10)?).as_deref().and_then(parse_tags),
         },
-        logs,
-        logs_dropped: int(row.get_ref(18)?).map_or(0, |n| u64::try_from(n).unwrap_or(0)),
-        rev: 0,
-    };
-    Ok(Some(DiskRecord {
-        task_id,
-        created_us,
-        record,
-    }))
+    })
+}
+
+/// Ids of the stored holders of idempotency `key` (see [`KEY_HOLDERS`]).
+fn key_holders_in(
+    conn: &Connection,
+    key: &str,
+    created_after: Option<i64>,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(KEY_HOLDERS)?;
+    let rows = stmt.query_map(params![key, created_after.unwrap_or(i64::MIN)], |r| {
+        Ok(text(r.get_ref(0)?))
+    })?;
+    rows.filter_map(Result::transpose).collect()
+}
+
+/// See [`SYNC_SEQ_HIGH`].
+fn sync_seq_high(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.prepare_cached(SYNC_SEQ_HIGH)?
+        .query_row([], |r| r.get(0))
+}
+
+/// Upserts `records` with their tag rows; unfinished records are journal rows owned by
+/// `owner`, finished ones have no owner. Each row gets the next `sync_seq`, in the order of
+/// `(created_us, id)`. Called at most once per transaction.
+fn upsert_records(
+    tx: &Transaction<'_>,
+    records: &[(u128, Record)],
+    owner: &str,
+) -> rusqlite::Result<()> {
+    let mut logs_buf = Vec::with_capacity(256);
+    let mut tags_buf = Vec::with_capacity(64);
+    let mut seq = sync_seq_high(tx)?;
+    let mut stmt = tx.prepare_cached(UPSERT)?;
+    let mut tag_stmt = tx.prepare_cached(INSERT_TAG)?;
+    // In key order of the three time-leading indexes, each insert lands at (or near) their
+    // right edge, where SQLite skips the descent from the root, and the pages it touches
+    // stay hot; only the primary key is random.
+    let mut sorted: Vec<&(u128, Record)> = records.iter().collect();
+    sorted.sort_unstable_by_key(|(id, r)| (r.info.created_us, *id));
+    for (id, r) in sorted {
+        seq += 1;
+        logs_buf.clear();
+        write_logs(&mut logs_buf, &r.logs);
+        tags_buf.clear();
+        write_tags(&mut tags_buf, r.info.tags.as_deref());
+        let id_text = UuidText::new(*id);
+        // Both buffers hold JSON built from `&str`s, hence valid UTF-8.
+        let logs_json = std::str::from_utf8(&logs_buf).unwrap_or("[]");
+        let tags_json = std::str::from_utf8(&tags_buf).unwrap_or("{}");
+        let (i, p) = (&r.info, &r.progress);
+        let row_owner = (!p.status.is_finished()).then_some(owner);
+        stmt.execute(params![
+            id_text.as_str(),
+            &*i.func_name,
+            p.status.as_str(),
+            i.created_us,
+            p.start_us,
+            p.end_us,
+            p.retries_used,
+            p.error.as_deref(),
+            p.stacktrace.as_deref(),
+            logs_json,
+            tags_json,
+            &*i.source,
+            i.priority,
+            i.executor.as_deref(),
+            &*i.queue,
+            i.idempotency_key.as_deref(),
+            i.args_json.as_deref(),
+            i.kwargs_json.as_deref(),
+            i64::try_from(r.logs_dropped).unwrap_or(i64::MAX),
+            i.encrypted_payload.as_deref(),
+            i.retry_of.as_deref(),
+            row_owner,
+            seq,
+        ])?;
+        for (key, value) in i.tags.as_deref().unwrap_or_default() {
+            tag_stmt.execute(params![id_text.as_str(), &**key, &**value, i.created_us])?;
+        }
+    }
+    Ok(())
 }
 
 impl Snapshot {
@@ -655,55 +894,8 @@ impl Snapshot {
         if records.is_empty() {
             return self.ensure_open().map(|()| 0);
         }
-        let mut logs_buf = Vec::with_capacity(256);
-        let mut tags_buf = Vec::with_capacity(64);
         self.in_write_tx("write", |tx| {
-            let mut stmt = tx.prepare_cached(UPSERT)?;
-            let mut tag_stmt = tx.prepare_cached(INSERT_TAG)?;
-            // In key order of the three time-leading indexes, each insert lands at (or
-            // near) their right edge, where SQLite skips the descent from the root, and the
-            // pages it touches stay hot; only the primary key is random.
-            let mut sorted: Vec<&(u128, Record)> = records.iter().collect();
-            sorted.sort_unstable_by_key(|(id, r)| (r.info.created_us, *id));
-            for (id, r) in sorted {
-                logs_buf.clear();
-                write_logs(&mut logs_buf, &r.logs);
-                tags_buf.clear();
-                write_tags(&mut tags_buf, r.info.tags.as_deref());
-                let id_text = UuidText::new(*id);
-                // Both buffers hold JSON built from `&str`s, hence valid UTF-8.
-                let logs_json = std::str::from_utf8(&logs_buf).unwrap_or("[]");
-                let tags_json = std::str::from_utf8(&tags_buf).unwrap_or("{}");
-                let (i, p) = (&r.info, &r.progress);
-                let row_owner = (!p.status.is_finished()).then_some(owner);
-                stmt.execute(params![
-                    id_text.as_str(),
-                    &*i.func_name,
-                    p.status.as_str(),
-                    i.created_us,
-                    p.start_us,
-                    p.end_us,
-                    p.retries_used,
-                    p.error.as_deref(),
-                    p.stacktrace.as_deref(),
-                    logs_json,
-                    tags_json,
-                    &*i.source,
-                    i.priority,
-                    i.executor.as_deref(),
-                    &*i.queue,
-                    i.idempotency_key.as_deref(),
-                    i.args_json.as_deref(),
-                    i.kwargs_json.as_deref(),
-                    i64::try_from(r.logs_dropped).unwrap_or(i64::MAX),
-                    i.encrypted_payload.as_deref(),
-                    i.retry_of.as_deref(),
-                    row_owner,
-                ])?;
-                for (key, value) in i.tags.as_deref().unwrap_or_default() {
-                    tag_stmt.execute(params![id_text.as_str(), &**key, &**value, i.created_us])?;
-                }
-            }
+            upsert_records(tx, records, owner)?;
             Ok(records.len())
         })
     }
@@ -716,18 +908,8 @@ impl Snapshot {
         key: &str,
         created_after: Option<i64>,
     ) -> CoreResult<Vec<String>> {
-        self.with_reader("read", |conn| {
-            // Walks `task_history_idempotency`; the few rows of one key are then filtered.
-            let mut stmt = conn.prepare_cached(
-                "SELECT task_id FROM task_history WHERE idempotency_key = ?1 AND created_us > ?2 \
-                 AND status IN ('pending', 'running', 'success') ORDER BY created_us DESC",
-            )?;
-            let rows = stmt.query_map(params![key, created_after.unwrap_or(i64::MIN)], |r| {
-                Ok(text(r.get_ref(0)?))
-            })?;
-            rows.filter_map(Result::transpose).collect()
-        })
-        .map(Option::unwrap_or_default)
+        self.with_reader("read", |conn| key_holders_in(conn, key, created_after))
+            .map(Option::unwrap_or_default)
     }
 
     /// Takes over the unfinished rows of dead owners (see [`Claim`]) in one write
@@ -754,9 +936,16 @@ impl Snapshot {
             // Memory holds records by UUID: rows of other ids (never written by either core)
             // are left alone rather than taken and never run.
             records.retain(|r| parse_uuid(&r.task_id).is_some());
-            let mut update = tx.prepare("UPDATE task_history SET owner = ?1 WHERE task_id = ?2")?;
+            // Numbered oldest first, as the Python core numbers them.
+            records.sort_unstable_by(|a, b| {
+                (a.created_us, &a.task_id).cmp(&(b.created_us, &b.task_id))
+            });
+            let mut seq = sync_seq_high(tx)?;
+            let mut update = tx
+                .prepare("UPDATE task_history SET owner = ?1, sync_seq = ?2 WHERE task_id = ?3")?;
             for r in &records {
-                update.execute([me, r.task_id.as_str()])?;
+                seq += 1;
+                update.execute(params![me, seq, r.task_id])?;
             }
             Ok(Claim {
                 records,
@@ -765,9 +954,51 @@ impl Snapshot {
         })
     }
 
+    /// Up to `limit` rows with a `sync_seq` above `after`, in `sync_seq` order, each with
+    /// its number: a walk of `task_history_sync`. Twin: `_CHANGED` in `_pycore/snapshot.py`.
+    pub(crate) fn changed_rows(&self, after: i64, limit: i64) -> CoreResult<Vec<(TaskRow, i64)>> {
+        let sql = format!(
+            "SELECT {COLUMNS}, sync_seq FROM task_history WHERE sync_seq > ?1 ORDER BY sync_seq LIMIT ?2"
+        );
+        self.read_open("read", |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![after, limit], |r| Ok((read_row(r)?, r.get(22)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Inserts `records` as journal rows owned by `owner`, in one transaction, except those
+    /// whose id has a row already; returns the ones inserted.
+    pub(crate) fn adopt(
+        &self,
+        records: Vec<(u128, Record)>,
+        owner: &str,
+    ) -> CoreResult<Vec<(u128, Record)>> {
+        if records.is_empty() {
+            return self.ensure_open().map(|()| Vec::new());
+        }
+        self.in_write_tx("adopt rows into", |tx| {
+            let mut fresh = Vec::with_capacity(records.len());
+            {
+                let mut exists =
+                    tx.prepare_cached("SELECT 1 FROM task_history WHERE task_id = ?1")?;
+                for (id, record) in records {
+                    if !exists.exists([UuidText::new(id).as_str()])? {
+                        fresh.push((id, record));
+                    }
+                }
+            }
+            if !fresh.is_empty() {
+                upsert_records(tx, &fresh, owner)?;
+            }
+            Ok(fresh)
+        })
+    }
+
     /// Deletes the rows `doomed` selects, with their tags, in one transaction; returns them.
     pub(crate) fn delete(&self, doomed: &[Doomed<'_>]) -> CoreResult<Vec<DeletedRow>> {
         self.in_write_tx("delete from", |tx| {
+            let high = sync_seq_high(tx)?;
             let mut deleted = Vec::new();
             for d in doomed {
                 let (condition, arg) = match d {
@@ -779,6 +1010,9 @@ impl Snapshot {
                     ),
                 };
                 delete_where(tx, &condition, arg, &mut deleted)?;
+            }
+            if !deleted.is_empty() {
+                tx.prepare_cached(KEEP_SYNC_FLOOR)?.execute([high])?;
             }
             Ok(deleted)
         })
@@ -856,6 +1090,132 @@ impl Snapshot {
         .map(Option::unwrap_or_default)
     }
 
+    /// Runs `f` on the reader connection; the error of a closed file once it is.
+    fn read_open<T>(
+        &self,
+        doing: &str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> CoreResult<T> {
+        self.with_reader(doing, f)?.ok_or_else(|| self.closed())
+    }
+
+    /// Takes the schedule lock `key` until `expires_us` unless someone holds it: locks that
+    /// expired by `now_us` go first. True when this call took it.
+    pub(crate) fn acquire_lock(&self, key: &str, now_us: i64, expires_us: i64) -> CoreResult<bool> {
+        self.in_write_tx("take a schedule lock in", |tx| {
+            tx.prepare_cached("DELETE FROM task_schedule_locks WHERE expires_us <= ?1")?
+                .execute([now_us])?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO task_schedule_locks (lock_key, expires_us) VALUES (?1, ?2)",
+                )?
+                .execute(params![key, expires_us])?;
+            Ok(inserted == 1)
+        })
+    }
+
+    /// Saves (or reschedules) the one-off `entry`.
+    pub(crate) fn save_scheduled(&self, entry: &Scheduled) -> CoreResult<()> {
+        let mut tags_buf = Vec::with_capacity(64);
+        let t = &entry.task;
+        write_tags(&mut tags_buf, t.tags.as_deref());
+        // JSON built from `&str`s, hence valid UTF-8.
+        let tags_json = std::str::from_utf8(&tags_buf).unwrap_or("{}");
+        self.in_write_tx("save a one-off schedule in", |tx| {
+            tx.prepare_cached(SAVE_SCHEDULED)?.execute(params![
+                entry.run_key,
+                t.func_name,
+                entry.fire_us,
+                entry.created_us,
+                t.args_json.as_deref(),
+                t.kwargs_json.as_deref(),
+                t.encrypted_payload.as_deref(),
+                t.queue,
+                t.priority,
+                t.idempotency_key.as_deref(),
+                tags_json,
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Up to `limit` one-offs due at `before_us`, by `(fire_us, run_key)`.
+    pub(crate) fn load_due(&self, before_us: i64, limit: i64) -> CoreResult<Vec<Scheduled>> {
+        let sql = format!(
+            "SELECT {SCHEDULED_COLUMNS} FROM task_scheduled_once WHERE fire_us <= ?1 \
+             ORDER BY fire_us, run_key LIMIT ?2"
+        );
+        self.read_open("read", |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![before_us, limit], row_to_scheduled)?;
+            rows.collect()
+        })
+    }
+
+    /// Deletes the one-off `run_key`; true when there was one.
+    pub(crate) fn delete_scheduled(&self, run_key: &str) -> CoreResult<bool> {
+        self.in_write_tx("delete a one-off schedule from", |tx| {
+            let deleted = tx
+                .prepare_cached("DELETE FROM task_scheduled_once WHERE run_key = ?1")?
+                .execute([run_key])?;
+            Ok(deleted > 0)
+        })
+    }
+
+    /// Fires the one-off `run_key` in one write transaction: reads and deletes its row,
+    /// finds the stored holders of its idempotency key (created after `created_after`), and
+    /// lets `decide` say what the firing made and which record to journal, owned by `owner`.
+    /// `Ok(None)` when the row is gone. Either all of it reaches the file or none of it.
+    pub(crate) fn fire<T>(
+        &self,
+        run_key: &str,
+        created_after: Option<i64>,
+        owner: &str,
+        decide: impl FnOnce(Scheduled, Vec<String>) -> (T, Option<(u128, Record)>),
+    ) -> CoreResult<Option<T>> {
+        let select =
+            format!("SELECT {SCHEDULED_COLUMNS} FROM task_scheduled_once WHERE run_key = ?1");
+        self.in_write_tx("fire a one-off schedule in", |tx| {
+            let Some(entry) = tx
+                .prepare_cached(&select)?
+                .query_row([run_key], row_to_scheduled)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            tx.prepare_cached("DELETE FROM task_scheduled_once WHERE run_key = ?1")?
+                .execute([run_key])?;
+            let on_disk = match entry.task.idempotency_key.as_deref() {
+                Some(key) => key_holders_in(tx, key, created_after)?,
+                None => Vec::new(),
+            };
+            let (fired, journal) = decide(entry, on_disk);
+            if let Some(record) = journal {
+                upsert_records(tx, std::slice::from_ref(&record), owner)?;
+            }
+            Ok(Some(fired))
+        })
+    }
+
+    /// Sets the metadata `key` to `value`.
+    pub(crate) fn save_metadata(&self, key: &str, value: &str) -> CoreResult<()> {
+        self.in_write_tx("write metadata to", |tx| {
+            tx.prepare_cached("INSERT OR REPLACE INTO task_metadata (key, value) VALUES (?1, ?2)")?
+                .execute([key, value])?;
+            Ok(())
+        })
+    }
+
+    /// The metadata value of `key`, if set.
+    pub(crate) fn load_metadata(&self, key: &str) -> CoreResult<Option<String>> {
+        self.read_open("read", |conn| {
+            conn.prepare_cached("SELECT value FROM task_metadata WHERE key = ?1")?
+                .query_row([key], |r| Ok(text(r.get_ref(0)?)))
+                .optional()
+                .map(Option::flatten)
+        })
+    }
+
     /// Closes both connections; later writes fail and reads find nothing.
     pub(crate) fn close(&self) {
         if let Some(reader) = &self.reader {
@@ -889,7 +1249,7 @@ mod tests {
         let (_d, path) = tmp();
         let s = Snapshot::open(&path).expect("open");
         let conn = Connection::open(&path).expect("conn");
-        assert_eq!(schema_version(&conn).expect("version"), Some(3));
+        assert_eq!(schema_version(&conn).expect("version"), Some(5));
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .expect("mode");
@@ -1101,7 +1461,7 @@ mod tests {
     }
 
     #[test]
-    fn migrates_version_2_files_to_3() {
+    fn migrates_version_2_files() {
         let (_d, path) = tmp();
         let conn = Connection::open(&path).expect("conn");
         conn.execute_batch("CREATE TABLE schema_version(version INTEGER NOT NULL)")
@@ -1118,7 +1478,7 @@ mod tests {
         let old = s.get("old").expect("get").expect("found");
         assert!(old.record.info.encrypted_payload.is_none() && old.record.info.retry_of.is_none());
         let conn = Connection::open(&path).expect("conn");
-        assert_eq!(schema_version(&conn).expect("version"), Some(3));
+        assert_eq!(schema_version(&conn).expect("version"), Some(5));
         let indexes: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%WHERE%' ORDER BY name")
             .expect("stmt")
@@ -1131,9 +1491,245 @@ mod tests {
             [
                 "task_history_end",
                 "task_history_idempotency",
-                "task_history_owner"
+                "task_history_owner",
+                "task_history_sync"
             ]
         );
+    }
+
+    fn table_names(path: &str) -> Vec<String> {
+        let conn = Connection::open(path).expect("conn");
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name LIKE 'task_%' ORDER BY name")
+            .expect("stmt");
+        let names = stmt.query_map([], |r| r.get(0)).expect("rows");
+        names.map(|n| n.expect("name")).collect()
+    }
+
+    #[test]
+    fn migrates_version_3_files_to_the_current_version() {
+        let (_d, path) = tmp();
+        let conn = Connection::open(&path).expect("conn");
+        conn.execute_batch("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+            .expect("version table");
+        for script in &MIGRATIONS[..3] {
+            conn.execute_batch(script).expect("migration");
+        }
+        conn.execute_batch(
+            "INSERT INTO schema_version VALUES (3); \
+             INSERT INTO task_history(task_id, func_name, status, created_us) VALUES ('old', 'f', 'success', 5);",
+        )
+        .expect("v3 row");
+        drop(conn);
+        assert!(!table_names(&path).contains(&"task_metadata".to_owned()));
+        let s = Snapshot::open(&path).expect("open");
+        assert!(s.get("old").expect("get").is_some(), "history kept");
+        let conn = Connection::open(&path).expect("conn");
+        assert_eq!(schema_version(&conn).expect("version"), Some(5));
+        drop(conn);
+        let names = table_names(&path);
+        for new in [
+            "task_metadata",
+            "task_schedule_locks",
+            "task_scheduled_once",
+            "task_scheduled_once_fire",
+        ] {
+            assert!(names.contains(&new.to_owned()), "{new} in {names:?}");
+        }
+        s.save_metadata("k", "v").expect("metadata");
+        drop(s);
+        let again = Snapshot::open(&path).expect("a current file opens");
+        assert_eq!(
+            again.load_metadata("k").expect("read").as_deref(),
+            Some("v")
+        );
+    }
+
+    fn one_off(run_key: &str, fire_us: i64) -> Scheduled {
+        Scheduled {
+            run_key: run_key.to_owned(),
+            fire_us,
+            created_us: 1,
+            task: OneOff {
+                func_name: "send".to_owned(),
+                queue: "default".to_owned(),
+                ..OneOff::default()
+            },
+        }
+    }
+
+    fn due_keys(s: &Snapshot, before_us: i64, limit: i64) -> Vec<String> {
+        let due = s.load_due(before_us, limit).expect("due");
+        due.into_iter().map(|d| d.run_key).collect()
+    }
+
+    #[test]
+    fn schedule_locks_are_taken_once_until_they_expire() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        assert!(s.acquire_lock("a", 10, 20).expect("lock"));
+        assert!(!s.acquire_lock("a", 19, 100).expect("held"));
+        assert!(s.acquire_lock("b", 19, 30).expect("another key"));
+        assert!(s.acquire_lock("a", 20, 40).expect("expired at 20"));
+        assert!(!s.acquire_lock("a", 39, 50).expect("held again"));
+        let conn = Connection::open(&path).expect("conn");
+        let rows: Vec<(String, i64)> = conn
+            .prepare("SELECT lock_key, expires_us FROM task_schedule_locks")
+            .expect("stmt")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect();
+        assert_eq!(rows, [("a".to_owned(), 40)], "b expired at 30 and went");
+    }
+
+    #[test]
+    fn one_offs_are_saved_rescheduled_listed_and_deleted() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        let mut full = one_off("b", 10);
+        full.task = OneOff {
+            func_name: "report".to_owned(),
+            args_json: Some(Arc::from(&b"[1]"[..])),
+            kwargs_json: Some(Arc::from(&b"{}"[..])),
+            encrypted_payload: Some(Arc::from(&b"\x00ct"[..])),
+            queue: "slow".to_owned(),
+            priority: Some(-2),
+            idempotency_key: Some("k".into()),
+            tags: Some(Arc::from(vec![
+                ("z".into(), "1".into()),
+                ("a".into(), "2".into()),
+            ])),
+        };
+        s.save_scheduled(&full).expect("save");
+        s.save_scheduled(&one_off("a", 10)).expect("save");
+        s.save_scheduled(&one_off("c", 5)).expect("save");
+        s.save_scheduled(&one_off("d", 50)).expect("save");
+        assert_eq!(
+            due_keys(&s, 10, 100),
+            ["c", "a", "b"],
+            "by (fire_us, run_key)"
+        );
+        assert_eq!(due_keys(&s, 10, 2), ["c", "a"]);
+        assert!(due_keys(&s, 4, 100).is_empty());
+        let got = s.load_due(10, 100).expect("due").remove(2);
+        assert_eq!((got.fire_us, got.created_us), (10, 1));
+        let t = &got.task;
+        assert_eq!((t.func_name.as_str(), t.queue.as_str()), ("report", "slow"));
+        assert_eq!(t.args_json.as_deref(), Some(&b"[1]"[..]));
+        assert_eq!(t.kwargs_json.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(t.encrypted_payload.as_deref(), Some(&b"\x00ct"[..]));
+        assert_eq!(
+            (t.priority, t.idempotency_key.as_deref()),
+            (Some(-2), Some("k"))
+        );
+        let tags = t.tags.clone().expect("tags");
+        assert_eq!((&*tags[0].0, &*tags[1].0), ("z", "a"), "stored order");
+        // The same run key again replaces every column.
+        let mut moved = one_off("b", 60);
+        moved.created_us = 2;
+        s.save_scheduled(&moved).expect("reschedule");
+        assert_eq!(due_keys(&s, 100, 100), ["c", "a", "d", "b"]);
+        let got = s.load_due(100, 100).expect("due").remove(3);
+        assert_eq!((got.fire_us, got.created_us), (60, 2));
+        assert!(got.task.args_json.is_none() && got.task.tags.is_none());
+        assert!(got.task.idempotency_key.is_none() && got.task.priority.is_none());
+        assert!(s.delete_scheduled("a").expect("delete"));
+        assert!(!s.delete_scheduled("a").expect("gone"));
+        assert_eq!(due_keys(&s, 100, 100), ["c", "d", "b"]);
+        assert!(plan(
+            &path,
+            "SELECT run_key FROM task_scheduled_once WHERE fire_us <= 5 ORDER BY fire_us, run_key LIMIT 3"
+        )
+        .contains("task_scheduled_once_fire"));
+        s.close();
+        assert!(matches!(s.load_due(100, 1), Err(CoreError::Snapshot(m)) if m.contains("closed")));
+        assert!(
+            matches!(s.load_metadata("k"), Err(CoreError::Snapshot(m)) if m.contains("closed"))
+        );
+    }
+
+    #[test]
+    fn one_offs_written_by_others_are_read_leniently() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        let conn = Connection::open(&path).expect("conn");
+        conn.execute_batch(
+            "INSERT INTO task_scheduled_once(run_key, func_name, fire_us, created_us, tags_json) \
+             VALUES ('odd', 'f', 1, 0, 'not json'), ('mixed', 'f', 2, 0, '{\"n\": 2, \"s\": \"x\"}')",
+        )
+        .expect("rows");
+        drop(conn);
+        let due = s.load_due(10, 10).expect("due");
+        assert!(due[0].task.tags.is_none());
+        assert_eq!(due[0].task.queue, "default");
+        let tags = due[1].task.tags.clone().expect("tags");
+        assert_eq!((&*tags[0].1, &*tags[1].1), ("2", "x"));
+    }
+
+    #[test]
+    fn firing_consumes_the_row_and_journals_in_one_transaction() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        let mut keyed = one_off("r", 1);
+        keyed.task.idempotency_key = Some("k".into());
+        s.save_scheduled(&keyed).expect("save");
+        let mut holder = with_status(Status::Pending, 3);
+        Arc::make_mut(&mut holder.info).idempotency_key = Some("k".into());
+        s.write(&[(9, holder)], "other").expect("holder");
+        let fired = s
+            .fire("r", Some(2), "me", |entry, on_disk| {
+                assert_eq!(entry.run_key, "r");
+                assert_eq!(on_disk, [UuidText::new(9).as_str()]);
+                ("made", Some((1, with_status(Status::Pending, 10))))
+            })
+            .expect("fire");
+        assert_eq!(fired, Some("made"));
+        assert_eq!(
+            owner_of(&path, UuidText::new(1).as_str()).as_deref(),
+            Some("me")
+        );
+        assert!(due_keys(&s, 100, 10).is_empty());
+        // Only holders created after the cutoff count.
+        s.save_scheduled(&keyed).expect("save");
+        s.fire("r", Some(3), "me", |_, on_disk| {
+            assert!(on_disk.is_empty());
+            ((), None)
+        })
+        .expect("fire")
+        .expect("found");
+        assert!(s
+            .fire("r", None, "me", |_, _| -> ((), Option<(u128, Record)>) {
+                unreachable!("no row to decide on")
+            })
+            .expect("fire")
+            .is_none());
+        // A journal row that cannot be written leaves the one-off scheduled.
+        s.save_scheduled(&one_off("x", 1)).expect("save");
+        let conn = Connection::open(&path).expect("conn");
+        conn.execute_batch("DROP TABLE task_tags").expect("drop");
+        drop(conn);
+        let err = s
+            .fire("x", None, "me", |_, _| ((), Some((2, sample()))))
+            .expect_err("no tag table");
+        assert!(
+            matches!(&err, CoreError::Snapshot(m) if m.contains(&path)),
+            "{err}"
+        );
+        assert_eq!(due_keys(&s, 100, 10), ["x"]);
+        assert!(s.get(UuidText::new(2).as_str()).expect("get").is_none());
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        assert_eq!(s.load_metadata("k").expect("read"), None);
+        s.save_metadata("k", "1").expect("save");
+        s.save_metadata("k", "2").expect("replace");
+        s.save_metadata("other", "").expect("save");
+        assert_eq!(s.load_metadata("k").expect("read").as_deref(), Some("2"));
+        assert_eq!(s.load_metadata("other").expect("read").as_deref(), Some(""));
     }
 
     #[test]
@@ -1398,5 +1994,172 @@ mod tests {
             describe_open("/a.db", "open", &busy),
             CoreError::Snapshot(_)
         ));
+    }
+
+    /// `(task_id, sync_seq)` of every row written since `after`, in order.
+    fn changed(s: &Snapshot, after: i64) -> Vec<(String, i64)> {
+        let rows = s.changed_rows(after, 100).expect("changed");
+        rows.into_iter().map(|(r, seq)| (r.task_id, seq)).collect()
+    }
+
+    fn id(n: u128) -> String {
+        UuidText::new(n).as_str().to_owned()
+    }
+
+    #[test]
+    fn every_write_numbers_its_rows_after_all_others() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        // Numbered by (created_us, id), whatever order they come in.
+        s.write(
+            &[
+                (2, with_status(Status::Pending, 20)),
+                (1, with_status(Status::Success, 10)),
+                (3, with_status(Status::Running, 10)),
+            ],
+            "me",
+        )
+        .expect("write");
+        assert_eq!(changed(&s, 0), [(id(1), 1), (id(3), 2), (id(2), 3)]);
+        // A rewrite moves the row to a later number.
+        s.write(&[(1, with_status(Status::Success, 10))], "me")
+            .expect("rewrite");
+        assert_eq!(changed(&s, 0), [(id(3), 2), (id(2), 3), (id(1), 4)]);
+        assert_eq!(changed(&s, 3), [(id(1), 4)]);
+        assert!(changed(&s, 4).is_empty());
+        // A claim numbers what it takes; so does a firing its journal row.
+        s.claim("other", |owner| owner == "me").expect("claim");
+        assert_eq!(changed(&s, 4), [(id(3), 5), (id(2), 6)]);
+        let (row, _) = &s.changed_rows(4, 1).expect("changed")[0];
+        assert_eq!(row.owner.as_deref(), Some("other"));
+        s.save_scheduled(&one_off("r", 1)).expect("save");
+        s.fire("r", None, "me", |_, _| {
+            ((), Some((9, with_status(Status::Pending, 1))))
+        })
+        .expect("fire");
+        assert_eq!(changed(&s, 6), [(id(9), 7)]);
+        assert_eq!(s.changed_rows(0, 2).expect("limit").len(), 2);
+        assert!(plan(&path, SYNC_SEQ_HIGH).contains("task_history_sync"));
+        let walk = format!(
+            "SELECT {COLUMNS}, sync_seq FROM task_history WHERE sync_seq > 3 ORDER BY sync_seq LIMIT 5"
+        );
+        let walk = plan(&path, &walk);
+        assert!(
+            walk.contains("task_history_sync") && !walk.contains("TEMP B-TREE"),
+            "{walk}"
+        );
+        s.close();
+        assert!(
+            matches!(s.changed_rows(0, 1), Err(CoreError::Snapshot(m)) if m.contains("closed"))
+        );
+    }
+
+    #[test]
+    fn a_number_is_never_given_twice_even_after_deletions() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        let done = |created_us| {
+            let mut r = with_status(Status::Success, created_us);
+            r.progress.end_us = Some(created_us + 1);
+            r
+        };
+        s.write(&[(1, done(1)), (2, done(2)), (3, done(3))], "me")
+            .expect("write");
+        let (id1, id3) = (UuidText::new(1), UuidText::new(3));
+        // The newest row goes: its number stays taken.
+        assert_eq!(
+            s.delete(&[Doomed::Id(id3.as_str())]).expect("delete").len(),
+            1
+        );
+        assert_eq!(
+            s.load_metadata("sync_seq_floor").expect("floor").as_deref(),
+            Some("3")
+        );
+        s.write(&[(4, done(4))], "me").expect("write");
+        assert_eq!(changed(&s, 2), [(id(4), 4)]);
+        // An older row goes: the column's maximum still says it all.
+        s.save_metadata("sync_seq_floor", "0").expect("reset");
+        s.delete(&[Doomed::Id(id1.as_str())]).expect("delete");
+        assert_eq!(
+            s.load_metadata("sync_seq_floor").expect("floor").as_deref(),
+            Some("0")
+        );
+        // Every row gone: the floor alone remembers.
+        s.delete(&[Doomed::EndedBefore(100)]).expect("sweep");
+        s.write(&[(5, done(5))], "me").expect("write");
+        assert_eq!(changed(&s, 0), [(id(5), 5)]);
+        // A deletion that finds nothing changes nothing.
+        s.delete(&[Doomed::FinishedId("missing")]).expect("nothing");
+        assert_eq!(
+            s.load_metadata("sync_seq_floor").expect("floor").as_deref(),
+            Some("4")
+        );
+    }
+
+    #[test]
+    fn adopts_only_ids_without_a_row() {
+        let (_d, path) = tmp();
+        let s = Snapshot::open(&path).expect("open");
+        s.write(&[(1, with_status(Status::Running, 1))], "dead")
+            .expect("write");
+        let adopted = s
+            .adopt(
+                vec![
+                    (1, with_status(Status::Pending, 1)),
+                    (2, with_status(Status::Running, 2)),
+                ],
+                "me",
+            )
+            .expect("adopt");
+        let ids: Vec<u128> = adopted.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [2]);
+        assert_eq!(
+            owner_of(&path, &id(1)).as_deref(),
+            Some("dead"),
+            "left alone"
+        );
+        assert_eq!(owner_of(&path, &id(2)).as_deref(), Some("me"));
+        assert_eq!(changed(&s, 1), [(id(2), 2)]);
+        let got = s.get(&id(2)).expect("get").expect("row");
+        assert_eq!(got.record.status(), Status::Running);
+        assert!(got.record.info.tags.is_some(), "with its tags");
+        assert!(s.adopt(Vec::new(), "me").expect("nothing").is_empty());
+        s.close();
+        assert!(
+            matches!(s.adopt(Vec::new(), "me"), Err(CoreError::Snapshot(m)) if m.contains("closed"))
+        );
+    }
+
+    #[test]
+    fn migrates_version_4_files_to_5() {
+        let (_d, path) = tmp();
+        let conn = Connection::open(&path).expect("conn");
+        conn.execute_batch("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+            .expect("version table");
+        for script in &MIGRATIONS[..4] {
+            conn.execute_batch(script).expect("migration");
+        }
+        conn.execute_batch(&format!(
+            "INSERT INTO schema_version VALUES (4); \
+             INSERT INTO task_history(task_id, func_name, status, created_us, owner) \
+             VALUES ('{}', 'f', 'pending', 5, 'gone');",
+            id(1)
+        ))
+        .expect("v4 row");
+        drop(conn);
+        let s = Snapshot::open(&path).expect("open");
+        let conn = Connection::open(&path).expect("conn");
+        assert_eq!(schema_version(&conn).expect("version"), Some(5));
+        let seq: Option<i64> = conn
+            .query_row("SELECT sync_seq FROM task_history", [], |r| r.get(0))
+            .expect("row");
+        assert_eq!(seq, None, "rows from before version 5 have no number");
+        drop(conn);
+        assert!(table_names(&path).contains(&"task_history_sync".to_owned()));
+        assert!(changed(&s, 0).is_empty(), "and are not replicated");
+        s.write(&[(2, with_status(Status::Pending, 6))], "me")
+            .expect("write");
+        s.claim("me", |_| true).expect("claim");
+        assert_eq!(changed(&s, 0), [(id(2), 1), (id(1), 2)]);
     }
 }

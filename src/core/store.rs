@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::error::{CoreError, CoreResult};
@@ -22,7 +22,8 @@ use super::record::{
 };
 use super::ring::{Event, EventRing, Slot};
 use super::snapshot::{
-    is_in_memory, DeletedRow, DiskRecord, Doomed, MetricRow, PageQuery, Snapshot,
+    is_in_memory, DeletedRow, DiskRecord, Doomed, MetricRow, OneOff, PageQuery, Scheduled,
+    Snapshot, TaskRow,
 };
 
 /// Hashes a random UUID by folding its halves: ids are generated here, never chosen by input.
@@ -75,16 +76,79 @@ impl Default for StoreConfig {
     }
 }
 
-/// The ttl in whole microseconds such that `now - created < ttl_us` exactly when
-/// `now - created < ttl * 1e6` (both cores compare this way). Must be positive.
-fn ttl_micros(ttl: f64) -> CoreResult<i64> {
+/// The seconds `ttl` (named `what`) in whole microseconds, rounded up: `now - created <
+/// ttl_us` exactly when `now - created < ttl * 1e6` (both cores compare this way). Must be
+/// positive; infinity saturates.
+fn ttl_micros(what: &str, ttl: f64) -> CoreResult<i64> {
     if ttl.is_nan() || ttl <= 0.0 {
         return Err(CoreError::InvalidInput(format!(
-            "idempotency_ttl must be a positive number of seconds, got {ttl}"
+            "{what} must be a positive number of seconds, got {ttl}"
         )));
     }
     // A float-to-int `as` saturates, so an infinite ttl holds keys forever.
     Ok((ttl * 1e6).ceil() as i64)
+}
+
+/// Why the schedule and metadata methods refuse a store without a file. Twin: `_NO_FILE` in
+/// `_pycore/store.py`.
+const NO_FILE: &str = "this TaskStore has no snapshot file (db_path is None); schedule locks, \
+one-off schedules, metadata and the rows to replicate live in one: pass a db_path";
+
+/// A row `adopt` may take (an unfinished record with a UUID, its logs and tags readable) as
+/// the record it holds. The message names the task and the field. Twin: `_adoptable` in
+/// `_pycore/store.py` (same checks, same order, same messages).
+fn adoptable(row: TaskRow) -> CoreResult<(u128, Record)> {
+    let bad = |field: &str, what: String| {
+        CoreError::InvalidInput(format!(
+            "adopt: task '{}': field '{field}' {what}",
+            row.task_id
+        ))
+    };
+    let Some(id) = parse_uuid(&row.task_id) else {
+        return Err(bad(
+            "task_id",
+            "is not a UUID in canonical form (lowercase, hyphenated)".to_owned(),
+        ));
+    };
+    let status = match Status::parse(&row.status) {
+        Some(s @ (Status::Pending | Status::Running)) => s,
+        _ => {
+            return Err(bad(
+                "status",
+                format!(
+                    "is '{}'; only pending and running rows can be adopted",
+                    row.status
+                ),
+            ))
+        }
+    };
+    if row.retries_used < 0 {
+        return Err(bad(
+            "retries_used",
+            format!("must be at least 0, got {}", row.retries_used),
+        ));
+    }
+    // Read strictly here: the file reads them leniently, and what memory then holds must be
+    // what the row says.
+    if serde_json::from_str::<Vec<String>>(&row.logs_json).is_err() {
+        return Err(bad(
+            "logs_json",
+            "must be a JSON array of strings".to_owned(),
+        ));
+    }
+    if row.logs_dropped < 0 {
+        return Err(bad(
+            "logs_dropped",
+            format!("must be at least 0, got {}", row.logs_dropped),
+        ));
+    }
+    if serde_json::from_str::<HashMap<String, String>>(&row.tags_json).is_err() {
+        return Err(bad(
+            "tags_json",
+            "must be a JSON object of strings".to_owned(),
+        ));
+    }
+    Ok((id, row.into_record_as(status).record))
 }
 
 /// The fields of `create`, extracted before the store lock is taken.
@@ -161,6 +225,18 @@ impl<'a> NewTask<'a> {
             journal: false,
         }
     }
+}
+
+/// What firing a one-off made.
+enum Fired {
+    /// Its idempotency key is held by this task; nothing was created.
+    Held(TaskId),
+    /// A new record, its journal row (if any) committed, to hold in memory.
+    Created {
+        id: u128,
+        name_id: usize,
+        record: Record,
+    },
 }
 
 /// The optional fields of `transition`.
@@ -351,6 +427,23 @@ impl State {
             .is_none_or(|e| e.record.status().holds_key())
     }
 
+    /// The holder of idempotency `key`: in memory, else among the stored holders `on_disk`
+    /// (newest first) that memory does not know to have let it go.
+    fn key_holder(
+        &self,
+        key: &str,
+        created_after: Option<i64>,
+        on_disk: Vec<String>,
+    ) -> Option<TaskId> {
+        if let Some(holder) = self.memory_holder(key, created_after) {
+            return Some(TaskId::Uuid(holder));
+        }
+        on_disk
+            .into_iter()
+            .find(|h| self.disk_row_holds(h))
+            .map(TaskId::Stored)
+    }
+
     fn add_to_indexes(&mut self, key: Key, status: Status, name_id: usize) {
         self.all.insert(key);
         self.by_status[status.index()].insert(key);
@@ -360,18 +453,18 @@ impl State {
         self.by_name[name_id].insert(key);
     }
 
-    /// Adds a new pending record, counts it and emits its `created` event.
-    fn insert(&mut self, t: &NewTask<'_>, payload: Payload, now: i64) -> u128 {
-        let id = loop {
+    /// An id no record in memory has.
+    fn fresh_id(&self) -> u128 {
+        loop {
             let id = new_uuid4();
             if !self.records.contains_key(&id) {
-                break id;
+                return id;
             }
-        };
-        let keyed = payload.idempotency_key.is_some();
-        if let Some(k) = &payload.idempotency_key {
-            self.keys.insert(Arc::clone(k), id);
         }
+    }
+
+    /// A new pending record of `t`, created at `now`, with its name id; not held yet.
+    fn new_record(&mut self, t: &NewTask<'_>, payload: Payload, now: i64) -> (usize, Record) {
         let name_id = self.names.intern(t.func_name);
         let info = Arc::new(TaskInfo {
             func_name: Arc::clone(&self.names.names[name_id]),
@@ -387,28 +480,39 @@ impl State {
             encrypted_payload: payload.encrypted_payload,
             retry_of: payload.retry_of,
         });
-        self.add_to_indexes((now, id), Status::Pending, name_id);
+        let record = Record {
+            info,
+            progress: Progress::new(),
+            logs: VecDeque::new(),
+            logs_dropped: 0,
+            rev: 0,
+        };
+        (name_id, record)
+    }
+
+    /// Holds a new pending record under `id`: its key, indexes, metrics, queue depth and
+    /// `created` event. `journal` puts it in the journal (with a file); `written` says its
+    /// journal row is in the file already, so no flush needs to write it.
+    fn add(&mut self, id: u128, name_id: usize, record: Record, journal: bool, written: bool) {
+        let info = &record.info;
+        let keyed = info.idempotency_key.is_some();
+        if let Some(k) = &info.idempotency_key {
+            self.keys.insert(Arc::clone(k), id);
+        }
+        self.add_to_indexes((info.created_us, id), Status::Pending, name_id);
         self.metrics.created(name_id, Status::Pending);
         *self
             .queue_pending
             .entry(Arc::clone(&info.queue))
             .or_insert(0) += 1;
-        let progress = Progress::new();
         self.ring.push(Event::Task {
             created: true,
             id,
-            info: Arc::clone(&info),
-            progress: progress.clone(),
+            info: Arc::clone(info),
+            progress: record.progress.clone(),
         });
-        let record = Record {
-            info,
-            progress,
-            logs: VecDeque::new(),
-            logs_dropped: 0,
-            rev: 0,
-        };
-        let journal = t.journal && self.persist;
-        if journal {
+        let journal = journal && self.persist;
+        if journal && !written {
             self.journal_dirty.insert(id);
         }
         self.records.insert(
@@ -421,12 +525,21 @@ impl State {
                 journal,
             },
         );
+    }
+
+    /// Adds a new pending record of `t`, counts it and emits its `created` event.
+    fn insert(&mut self, t: &NewTask<'_>, payload: Payload, now: i64) -> u128 {
+        let id = self.fresh_id();
+        let (name_id, record) = self.new_record(t, payload, now);
+        self.add(id, name_id, record, t.journal, false);
         id
     }
 
-    /// Takes a claimed row into memory as a journaled record, unless its id is already
-    /// held. Metrics stay as they are: open counted the row.
-    fn adopt(&mut self, d: DiskRecord) -> Option<(String, Record)> {
+    /// Takes a row of the file into memory as a journaled record, unless its id is already
+    /// held. A claimed row keeps the metrics as they are (open counted it); a row adopted
+    /// from another instance (`new_here`) is counted as created here, with its `created`
+    /// event.
+    fn load_journaled(&mut self, d: DiskRecord, new_here: bool) -> Option<(String, Record)> {
         let id = parse_uuid(&d.task_id)?;
         if self.records.contains_key(&id) {
             return None;
@@ -440,6 +553,15 @@ impl State {
         let status = record.status();
         let name_id = self.names.intern(&record.info.func_name);
         self.add_to_indexes((record.info.created_us, id), status, name_id);
+        if new_here {
+            self.metrics.created(name_id, status);
+            self.ring.push(Event::Task {
+                created: true,
+                id,
+                info: Arc::clone(&record.info),
+                progress: record.progress.clone(),
+            });
+        }
         if status == Status::Pending {
             *self
                 .queue_pending
@@ -689,6 +811,10 @@ pub(crate) struct TaskStore {
     /// The `owner` of this store's journal rows.
     instance_id: String,
     idempotency_ttl_us: Option<i64>,
+    /// Keyed creates with a file hold it shared, firings of one-offs exclusively: a firing's
+    /// key check and creation span a file write, with the record held only after the commit,
+    /// so a create that checked in between could otherwise take the same key.
+    firing: RwLock<()>,
 }
 
 impl TaskStore {
@@ -706,7 +832,10 @@ impl TaskStore {
         let max_history = positive("max_history", cfg.max_history)?;
         let ring_capacity = positive("ring_capacity", cfg.ring_capacity)?;
         let max_log_lines = positive("max_log_lines", cfg.max_log_lines)?;
-        let idempotency_ttl_us = cfg.idempotency_ttl.map(ttl_micros).transpose()?;
+        let idempotency_ttl_us = cfg
+            .idempotency_ttl
+            .map(|ttl| ttl_micros("idempotency_ttl", ttl))
+            .transpose()?;
         let instance_id = UuidText::new(new_uuid4()).as_str().to_owned();
         let snapshot = db_path.map(Snapshot::open).transpose()?;
         let owners = match db_path {
@@ -752,6 +881,7 @@ impl TaskStore {
             owners,
             instance_id,
             idempotency_ttl_us,
+            firing: RwLock::new(()),
         })
     }
 
@@ -763,6 +893,28 @@ impl TaskStore {
     /// Taken before the state lock, never under it.
     fn lock_file_ops(&self) -> MutexGuard<'_, ()> {
         self.file_ops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Taken before the file and the state lock, never under them.
+    fn creating_with_key(&self) -> RwLockReadGuard<'_, ()> {
+        self.firing.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// See [`TaskStore::creating_with_key`].
+    fn firing(&self) -> RwLockWriteGuard<'_, ()> {
+        self.firing.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The snapshot file, which schedule locks, one-offs and metadata need.
+    fn file(&self) -> CoreResult<&Snapshot> {
+        self.snapshot
+            .as_ref()
+            .ok_or_else(|| CoreError::Snapshot(NO_FILE.to_owned()))
+    }
+
+    /// Creation times after which a record still holds its idempotency key, at `now`.
+    fn key_cutoff(&self, now: i64) -> Option<i64> {
+        self.idempotency_ttl_us.map(|ttl| now.saturating_sub(ttl))
     }
 
     pub(crate) fn db_path(&self) -> Option<&str> {
@@ -793,27 +945,146 @@ impl TaskStore {
     /// this store (a record is always in memory, in the file, or both).
     pub(crate) fn create(&self, t: NewTask<'_>) -> CoreResult<(TaskId, bool)> {
         let now = now_us();
-        let created_after = self.idempotency_ttl_us.map(|ttl| now.saturating_sub(ttl));
+        let created_after = self.key_cutoff(now);
         let payload = Payload::of(&t);
-        let on_disk = match (t.idempotency_key, &self.snapshot) {
+        let (on_disk, _turn) = match (t.idempotency_key, &self.snapshot) {
             (Some(key), Some(snap)) => {
+                let turn = self.creating_with_key();
                 if let Some(holder) = self.lock().memory_holder(key, created_after) {
                     return Ok((TaskId::Uuid(holder), false));
                 }
-                snap.key_holders(key, created_after)?
+                (snap.key_holders(key, created_after)?, Some(turn))
             }
-            _ => Vec::new(),
+            _ => (Vec::new(), None),
         };
         let mut st = self.lock();
         if let Some(key) = t.idempotency_key {
-            if let Some(holder) = st.memory_holder(key, created_after) {
-                return Ok((TaskId::Uuid(holder), false));
-            }
-            if let Some(holder) = on_disk.into_iter().find(|h| st.disk_row_holds(h)) {
-                return Ok((TaskId::Stored(holder), false));
+            if let Some(holder) = st.key_holder(key, created_after, on_disk) {
+                return Ok((holder, false));
             }
         }
         Ok((TaskId::Uuid(st.insert(&t, payload, now)), true))
+    }
+
+    /// Takes the schedule lock `key` for `ttl` seconds unless another holder's has not
+    /// expired; true when this call took it.
+    pub(crate) fn acquire_lock(&self, key: &str, ttl: f64) -> CoreResult<bool> {
+        if !ttl.is_finite() {
+            return Err(CoreError::InvalidInput(format!(
+                "ttl must be a positive finite number of seconds, got {ttl}"
+            )));
+        }
+        let ttl_us = ttl_micros("ttl", ttl)?;
+        let snap = self.file()?;
+        let now = now_us();
+        snap.acquire_lock(key, now, now.saturating_add(ttl_us))
+    }
+
+    /// Saves the one-off `run_key`, due at `fire_us`; saving a run key again reschedules it.
+    pub(crate) fn save_scheduled(
+        &self,
+        run_key: &str,
+        fire_us: i64,
+        task: OneOff,
+    ) -> CoreResult<()> {
+        self.file()?.save_scheduled(&Scheduled {
+            run_key: run_key.to_owned(),
+            fire_us,
+            created_us: now_us(),
+            task,
+        })
+    }
+
+    /// Up to `limit` one-offs due at `before_us`, by `(fire_us, run_key)`.
+    pub(crate) fn load_due(&self, before_us: i64, limit: i64) -> CoreResult<Vec<Scheduled>> {
+        if limit < 1 {
+            return Err(CoreError::InvalidInput(format!(
+                "limit must be at least 1, got {limit}"
+            )));
+        }
+        self.file()?.load_due(before_us, limit)
+    }
+
+    /// Deletes the one-off `run_key`; true when there was one.
+    pub(crate) fn delete_scheduled(&self, run_key: &str) -> CoreResult<bool> {
+        self.file()?.delete_scheduled(run_key)
+    }
+
+    /// Fires the one-off `run_key`: consumes its row and creates its task as `create` would
+    /// (source "scheduled"), journaled in the same transaction when `journal`. `None` when
+    /// the row is gone; `(holder, false)` when its idempotency key is held.
+    pub(crate) fn fire_scheduled(
+        &self,
+        run_key: &str,
+        executor: Option<&str>,
+        journal: bool,
+    ) -> CoreResult<Option<(TaskId, bool)>> {
+        let snap = self.file()?;
+        let _turn = self.firing();
+        let now = now_us();
+        let created_after = self.key_cutoff(now);
+        let fired = snap.fire(
+            run_key,
+            created_after,
+            &self.instance_id,
+            |entry, on_disk| {
+                let one = &entry.task;
+                let t = NewTask {
+                    func_name: &one.func_name,
+                    queue: &one.queue,
+                    executor,
+                    priority: one.priority,
+                    source: "scheduled",
+                    tags: one.tags.clone(),
+                    idempotency_key: one.idempotency_key.as_deref(),
+                    args_json: one.args_json.as_deref(),
+                    kwargs_json: one.kwargs_json.as_deref(),
+                    encrypted_payload: one.encrypted_payload.as_deref(),
+                    retry_of: None,
+                    journal,
+                };
+                let mut st = self.lock();
+                if let Some(key) = t.idempotency_key {
+                    if let Some(holder) = st.key_holder(key, created_after, on_disk) {
+                        return (Fired::Held(holder), None);
+                    }
+                }
+                let (name_id, record) = st.new_record(&t, Payload::of(&t), now);
+                // Held only after the commit: a create drawing this same id in between (122
+                // random bits) is as unlikely as one drawing a stored row's, which nothing checks.
+                let id = st.fresh_id();
+                let row = (journal && st.persist).then(|| (id, record.clone()));
+                (
+                    Fired::Created {
+                        id,
+                        name_id,
+                        record,
+                    },
+                    row,
+                )
+            },
+        )?;
+        Ok(fired.map(|f| match f {
+            Fired::Held(holder) => (holder, false),
+            Fired::Created {
+                id,
+                name_id,
+                record,
+            } => {
+                self.lock().add(id, name_id, record, journal, true);
+                (TaskId::Uuid(id), true)
+            }
+        }))
+    }
+
+    /// Sets the metadata `key` to `value`.
+    pub(crate) fn save_metadata(&self, key: &str, value: &str) -> CoreResult<()> {
+        self.file()?.save_metadata(key, value)
+    }
+
+    /// The metadata value of `key`, if set.
+    pub(crate) fn load_metadata(&self, key: &str) -> CoreResult<Option<String>> {
+        self.file()?.load_metadata(key)
     }
 
     /// Moves a record to `status`; `Ok(false)` when the move is not allowed.
@@ -1215,7 +1486,7 @@ impl TaskStore {
             claim
                 .records
                 .into_iter()
-                .filter_map(|d| st.adopt(d))
+                .filter_map(|d| st.load_journaled(d, false))
                 .collect()
         };
         for owner in &claim.dead_owners {
@@ -1225,6 +1496,54 @@ impl TaskStore {
             (a.info.created_us, a_id).cmp(&(b.info.created_us, b_id))
         });
         Ok(loaded)
+    }
+
+    /// Up to `limit` rows written to the file after `after_seq`, in write order, and the
+    /// `sync_seq` of the last one (`after_seq` when there is none).
+    pub(crate) fn changed_rows(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> CoreResult<(Vec<TaskRow>, i64)> {
+        if limit < 1 {
+            return Err(CoreError::InvalidInput(format!(
+                "limit must be at least 1, got {limit}"
+            )));
+        }
+        let rows = self.file()?.changed_rows(after_seq, limit)?;
+        let last = rows.last().map_or(after_seq, |(_, seq)| *seq);
+        Ok((rows.into_iter().map(|(row, _)| row).collect(), last))
+    }
+
+    /// Takes over unfinished rows of another instance: writes them as journal rows of this
+    /// store (one transaction) and loads them as records created here, except ids that
+    /// memory or the file hold already. Every row is checked first; one bad row adopts
+    /// nothing. Returns the records adopted, oldest first.
+    pub(crate) fn adopt(&self, rows: Vec<TaskRow>) -> CoreResult<Vec<(String, Record)>> {
+        let mut records = rows
+            .into_iter()
+            .map(adoptable)
+            .collect::<CoreResult<Vec<(u128, Record)>>>()?;
+        let snap = self.file()?;
+        {
+            let st = self.lock();
+            let mut seen = HashSet::with_capacity(records.len());
+            records.retain(|(id, _)| !st.records.contains_key(id) && seen.insert(*id));
+        }
+        records.sort_unstable_by_key(|(id, r)| (r.info.created_us, *id));
+        let written = snap.adopt(records, &self.instance_id)?;
+        let mut st = self.lock();
+        Ok(written
+            .into_iter()
+            .filter_map(|(id, record)| {
+                let d = DiskRecord {
+                    task_id: UuidText::new(id).as_str().to_owned(),
+                    created_us: record.info.created_us,
+                    record,
+                };
+                st.load_journaled(d, true)
+            })
+            .collect())
     }
 
     /// Deletes finished records that ended before `end_before_us` from the file, then from
@@ -1992,9 +2311,9 @@ mod tests {
             ));
         }
         // `now - created < ttl * 1e6` for integer differences.
-        assert_eq!(ttl_micros(1.5).expect("ttl"), 1_500_000);
-        assert_eq!(ttl_micros(1e-9).expect("ttl"), 1);
-        assert_eq!(ttl_micros(f64::INFINITY).expect("ttl"), i64::MAX);
+        assert_eq!(ttl_micros("ttl", 1.5).expect("ttl"), 1_500_000);
+        assert_eq!(ttl_micros("ttl", 1e-9).expect("ttl"), 1);
+        assert_eq!(ttl_micros("ttl", f64::INFINITY).expect("ttl"), i64::MAX);
     }
 
     #[test]
@@ -2350,5 +2669,405 @@ mod tests {
         ));
         assert_eq!(s.memory_len(), 1);
         assert_eq!(json(&s.metrics_json())["total"], 1);
+    }
+
+    fn one_off(func_name: &str) -> OneOff {
+        OneOff {
+            func_name: func_name.to_owned(),
+            queue: "default".to_owned(),
+            ..OneOff::default()
+        }
+    }
+
+    #[test]
+    fn schedules_and_metadata_need_a_file() {
+        let mem = store(10);
+        let no_file = |r: CoreResult<()>| {
+            assert!(
+                matches!(&r, Err(CoreError::Snapshot(m)) if m == NO_FILE),
+                "{r:?}"
+            );
+        };
+        no_file(mem.acquire_lock("k", 1.0).map(drop));
+        no_file(mem.save_scheduled("r", 0, one_off("f")));
+        no_file(mem.load_due(0, 10).map(drop));
+        no_file(mem.delete_scheduled("r").map(drop));
+        no_file(mem.fire_scheduled("r", None, true).map(drop));
+        no_file(mem.save_metadata("k", "v"));
+        no_file(mem.load_metadata("k").map(drop));
+        no_file(mem.changed_rows(0, 10).map(drop));
+        no_file(mem.adopt(Vec::new()).map(drop));
+        // Bad arguments are refused first, file or not.
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(
+                matches!(mem.acquire_lock("k", bad), Err(CoreError::InvalidInput(m)) if m.contains("ttl")),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            mem.load_due(0, 0),
+            Err(CoreError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            mem.changed_rows(0, 0),
+            Err(CoreError::InvalidInput(m)) if m.contains("limit")
+        ));
+        assert!(matches!(
+            mem.adopt(vec![row_of(1, "success", 1)]),
+            Err(CoreError::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn schedule_locks_are_taken_for_their_ttl() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        let other = db_store(&path, 10);
+        assert!(s.acquire_lock("tick", 0.05).expect("lock"));
+        assert!(!other.acquire_lock("tick", 60.0).expect("held"));
+        assert!(!s.acquire_lock("tick", 60.0).expect("held by itself too"));
+        assert!(other
+            .acquire_lock("tock", 1e300)
+            .expect("a huge ttl saturates"));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(other.acquire_lock("tick", 60.0).expect("expired"));
+    }
+
+    #[test]
+    fn firing_creates_the_task_as_create_would() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        let task = OneOff {
+            args_json: Some(Arc::from(&b"[1]"[..])),
+            encrypted_payload: Some(Arc::from(&b"ct"[..])),
+            queue: "q".to_owned(),
+            priority: Some(4),
+            tags: Some(Arc::from(vec![("t".into(), "1".into())])),
+            ..one_off("report")
+        };
+        s.save_scheduled("r", 5, task).expect("save");
+        assert_eq!(s.load_due(5, 10).expect("due").len(), 1);
+        let before = s.last_seq();
+        let (id, created) = s
+            .fire_scheduled("r", Some("thread"), true)
+            .expect("fire")
+            .expect("found");
+        assert!(created);
+        let TaskId::Uuid(id) = id else {
+            panic!("a new id")
+        };
+        let r = s.get_memory(&text(id)).expect("held");
+        let i = &r.info;
+        assert_eq!(
+            (r.status(), &*i.source, &*i.func_name),
+            (Status::Pending, "scheduled", "report")
+        );
+        assert_eq!(
+            (&*i.queue, i.priority, i.executor.as_deref()),
+            ("q", Some(4), Some("thread"))
+        );
+        assert_eq!(i.args_json.as_deref(), Some(&b"[1]"[..]));
+        assert_eq!(i.encrypted_payload.as_deref(), Some(&b"ct"[..]));
+        assert_eq!(s.last_seq(), before + 1, "a created event");
+        let m = json(&s.metrics_json());
+        assert_eq!(
+            (
+                m["pending"].clone(),
+                m["by_name"]["report"]["total"].clone()
+            ),
+            (1.into(), 1.into())
+        );
+        assert!(String::from_utf8(s.metrics_prometheus())
+            .expect("utf8")
+            .contains("taskflow_queue_depth{queue=\"q\"} 1"));
+        // Its journal row is written already, with its tags.
+        assert_eq!(owner_of(&path, &text(id)).as_deref(), Some(s.instance_id()));
+        assert_eq!(m["snapshot"]["unwritten"], 0);
+        assert_eq!(s.flush().expect("flush"), 0, "nothing to rewrite");
+        let (page, _) = s
+            .page_json(&PageRequest {
+                tag: Some("t=1"),
+                limit: 10,
+                ..Default::default()
+            })
+            .expect("page");
+        assert_eq!(json(&page)[0]["task_id"], text(id).as_str());
+        assert!(
+            s.load_due(i64::MAX, 10).expect("due").is_empty(),
+            "consumed"
+        );
+        assert_eq!(s.fire_scheduled("r", None, true).expect("fire"), None);
+        // From here on it is an ordinary journaled record.
+        s.transition(&text(id), "running", Change::default())
+            .expect("run");
+        assert_eq!(s.flush().expect("flush"), 1);
+        // Without the journal, nothing is written until it finishes.
+        s.save_scheduled("plain", 0, one_off("f")).expect("save");
+        let (plain, _) = s
+            .fire_scheduled("plain", None, false)
+            .expect("fire")
+            .expect("found");
+        let plain = plain.with_text(str::to_owned);
+        assert!(s.get_disk(&plain).expect("disk").is_none());
+        assert_eq!(s.flush().expect("flush"), 0);
+    }
+
+    #[test]
+    fn firing_a_held_key_consumes_the_one_off_only() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 1);
+        let keyed = || OneOff {
+            idempotency_key: Some("k".into()),
+            ..one_off("f")
+        };
+        let (live, _) = create(
+            &s,
+            NewTask {
+                idempotency_key: Some("k"),
+                ..NewTask::named("f")
+            },
+        );
+        s.save_scheduled("r", 0, keyed()).expect("save");
+        let len = s.memory_len();
+        assert_eq!(
+            s.fire_scheduled("r", None, true).expect("fire"),
+            Some((TaskId::Uuid(live), false))
+        );
+        assert_eq!(s.memory_len(), len, "nothing created");
+        assert!(
+            s.load_due(i64::MAX, 10).expect("due").is_empty(),
+            "consumed"
+        );
+        // A holder only the file knows of holds it too.
+        s.transition(&text(live), "running", Change::default())
+            .expect("run");
+        s.transition(&text(live), "success", Change::default())
+            .expect("ok");
+        run(&s, "f", "success");
+        s.flush().expect("flush");
+        assert!(s.get_memory(&text(live)).is_none(), "evicted");
+        s.save_scheduled("r", 0, keyed()).expect("save");
+        assert_eq!(
+            s.fire_scheduled("r", None, true).expect("fire"),
+            Some((TaskId::Stored(text(live)), false))
+        );
+        // Once the key is free, the firing creates, and then holds it.
+        assert!(s.delete(&text(live)).expect("delete"));
+        s.save_scheduled("r", 0, keyed()).expect("save");
+        let (id, created) = s
+            .fire_scheduled("r", None, true)
+            .expect("fire")
+            .expect("found");
+        assert!(created);
+        let (holder, created) = s
+            .create(NewTask {
+                idempotency_key: Some("k"),
+                ..NewTask::named("f")
+            })
+            .expect("create");
+        assert_eq!((holder, created), (id, false));
+    }
+
+    #[test]
+    fn a_fired_task_survives_its_store() {
+        let (_d, path) = tmp_db();
+        let gone = db_store(&path, 10);
+        gone.save_scheduled("r", 0, one_off("f")).expect("save");
+        let (id, _) = gone
+            .fire_scheduled("r", None, true)
+            .expect("fire")
+            .expect("found");
+        drop(gone);
+        let s = db_store(&path, 10);
+        let claimed = s.claim_orphans().expect("claim");
+        let ids: Vec<&str> = claimed.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, [id.with_text(str::to_owned)]);
+        assert_eq!(&*claimed[0].1.info.source, "scheduled");
+    }
+
+    #[test]
+    fn metadata_is_kept_in_the_file() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        assert_eq!(s.load_metadata("k").expect("read"), None);
+        s.save_metadata("k", "v").expect("save");
+        s.close();
+        assert!(
+            matches!(s.save_metadata("k", "w"), Err(CoreError::Snapshot(m)) if m.contains("closed"))
+        );
+        assert_eq!(
+            db_store(&path, 10)
+                .load_metadata("k")
+                .expect("read")
+                .as_deref(),
+            Some("v")
+        );
+    }
+
+    /// A row another instance wrote: unfinished, with a tag, a log line and arguments.
+    fn row_of(id: u128, status: &str, created_us: i64) -> TaskRow {
+        TaskRow {
+            task_id: text(id),
+            func_name: "job".into(),
+            status: status.to_owned(),
+            created_us,
+            start_us: (status == "running").then_some(created_us + 1),
+            end_us: None,
+            retries_used: 1,
+            error: None,
+            stacktrace: None,
+            logs_json: r#"["one","two"]"#.to_owned(),
+            logs_dropped: 3,
+            tags_json: r#"{"t":"1"}"#.to_owned(),
+            source: "manual".into(),
+            priority: Some(2),
+            executor: None,
+            queue: "q".into(),
+            idempotency_key: Some("k".into()),
+            args_json: Some(Arc::from(&b"[1]"[..])),
+            kwargs_json: None,
+            encrypted_payload: None,
+            retry_of: None,
+            owner: Some("dead".to_owned()),
+        }
+    }
+
+    #[test]
+    fn one_bad_row_adopts_nothing() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        type Spoil = fn(&mut TaskRow);
+        let cases: [(&str, Spoil); 7] = [
+            ("'task_id' is not a UUID", |r| r.task_id = "T-1".to_owned()),
+            ("'status' is 'failed'; only pending and running", |r| {
+                r.status = "failed".to_owned()
+            }),
+            ("'status' is 'bogus'", |r| r.status = "bogus".to_owned()),
+            ("'retries_used' must be at least 0, got -1", |r| {
+                r.retries_used = -1
+            }),
+            ("'logs_json' must be a JSON array of strings", |r| {
+                r.logs_json = "[1]".to_owned()
+            }),
+            ("'logs_dropped' must be at least 0", |r| r.logs_dropped = -2),
+            ("'tags_json' must be a JSON object of strings", |r| {
+                r.tags_json = r#"{"n": 1}"#.to_owned()
+            }),
+        ];
+        for (message, spoil) in cases {
+            let mut bad = row_of(2, "pending", 2);
+            spoil(&mut bad);
+            let who = format!("adopt: task '{}': field ", bad.task_id);
+            let err = s
+                .adopt(vec![row_of(1, "pending", 1), bad])
+                .expect_err(message);
+            assert!(
+                matches!(&err, CoreError::InvalidInput(m) if m.starts_with(&who) && m.contains(message)),
+                "{err:?}"
+            );
+        }
+        assert_eq!(s.memory_len(), 0);
+        assert_eq!(s.last_seq(), 0, "no event");
+        assert!(
+            s.get_disk(&text(1)).expect("read").is_none(),
+            "nothing written"
+        );
+        assert_eq!(json(&s.metrics_json())["total"], 0);
+    }
+
+    #[test]
+    fn adopted_rows_become_records_created_here() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 10);
+        let (mine, _) = create(&s, journaled("job"));
+        s.flush().expect("flush");
+        // Another store's row in the same file.
+        let other = db_store(&path, 10);
+        let (theirs, _) = create(&other, journaled("job"));
+        other.flush().expect("flush");
+        let (_, since) = s.changed_rows(0, 100).expect("changed");
+        let adopted = s
+            .adopt(vec![
+                row_of(7, "running", 20),
+                row_of(mine, "pending", 1),
+                row_of(theirs, "pending", 1),
+                row_of(5, "pending", 10),
+                row_of(7, "pending", 20),
+            ])
+            .expect("adopt");
+        let ids: Vec<&str> = adopted.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, [text(5), text(7)], "oldest first; present ids skipped");
+        let (_, running) = &adopted[1];
+        assert_eq!(
+            running.status(),
+            Status::Running,
+            "the first of one id wins"
+        );
+        assert_eq!(running.progress.retries_used, 1);
+        assert_eq!((running.logs.len(), running.logs_dropped), (2, 3));
+        assert_eq!(running.info.args_json.as_deref(), Some(&b"[1]"[..]));
+        assert_eq!(running.info.tags.as_deref().map(<[_]>::len), Some(1));
+        // Counted as created here, with their events, and held as journaled records.
+        let m = json(&s.metrics_json());
+        assert_eq!(
+            (
+                m["total"].clone(),
+                m["pending"].clone(),
+                m["running"].clone()
+            ),
+            (3.into(), 2.into(), 1.into())
+        );
+        let (events, _) = s.events_since(1, 10).expect("events");
+        let events: Vec<serde_json::Value> = events.iter().map(|(_, e)| json(e)).collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1]["type"], "created");
+        assert_eq!(events[1]["task"]["status"], "running");
+        assert!(String::from_utf8(s.metrics_prometheus())
+            .expect("utf8")
+            .contains("taskflow_queue_depth{queue=\"q\"} 1"));
+        assert_eq!(owner_of(&path, &text(7)).as_deref(), Some(s.instance_id()));
+        assert_eq!(
+            owner_of(&path, &text(theirs)).as_deref(),
+            Some(other.instance_id())
+        );
+        let (rows, last) = s.changed_rows(since, 100).expect("changed");
+        let got: Vec<(&str, Option<&str>)> = rows
+            .iter()
+            .map(|r| (r.task_id.as_str(), r.owner.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (text(5).as_str(), Some(s.instance_id())),
+                (text(7).as_str(), Some(s.instance_id()))
+            ]
+        );
+        assert_eq!(last, since + 2);
+        assert_eq!(s.flush().expect("flush"), 0, "their rows are written");
+        // Its key is held, and it runs on as a journaled record.
+        assert_eq!(
+            s.create(NewTask {
+                idempotency_key: Some("k"),
+                ..NewTask::named("job")
+            })
+            .expect("create"),
+            (TaskId::Uuid(5), false)
+        );
+        s.transition(&text(7), "success", Change::default())
+            .expect("finish");
+        assert_eq!(s.flush().expect("flush"), 1);
+        assert_eq!(owner_of(&path, &text(7)), None);
+        assert!(s
+            .adopt(vec![row_of(5, "pending", 10)])
+            .expect("again")
+            .is_empty());
+        s.close();
+        assert!(matches!(
+            s.adopt(vec![row_of(9, "pending", 1)]),
+            Err(CoreError::Snapshot(m)) if m.contains("closed")
+        ));
+        assert!(
+            matches!(s.changed_rows(0, 1), Err(CoreError::Snapshot(m)) if m.contains("closed"))
+        );
     }
 }

@@ -2,13 +2,17 @@
 
 use std::sync::Arc;
 
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::core::json::iso_string;
 use crate::core::record::{Record, Tags};
-use crate::core::store::{Change, NewTask, PageRequest, StoreConfig, TaskStore as CoreStore};
+use crate::core::snapshot::{OneOff, Scheduled, TaskRow};
+use crate::core::store::{
+    Change, NewTask, PageRequest, StoreConfig, TaskId, TaskStore as CoreStore,
+};
 
 /// Task records, their indexes, metrics, the event ring and the snapshot file.
 ///
@@ -48,26 +52,218 @@ fn record_dict<'py>(py: Python<'py>, task_id: &str, r: &Record) -> PyResult<Boun
     let logs = PyList::new(py, r.logs.iter().map(|l| &**l))?;
     d.set_item(intern!(py, "logs"), logs)?;
     d.set_item(intern!(py, "stacktrace"), p.stacktrace.as_deref())?;
-    let tags = PyDict::new(py);
-    for (k, v) in i.tags.as_deref().unwrap_or_default() {
-        tags.set_item(&**k, &**v)?;
-    }
-    d.set_item(intern!(py, "tags"), tags)?;
+    d.set_item(intern!(py, "tags"), tags_dict(py, i.tags.as_ref())?)?;
     d.set_item(intern!(py, "source"), &*i.source)?;
     d.set_item(intern!(py, "priority"), i.priority)?;
     d.set_item(intern!(py, "executor"), i.executor.as_deref())?;
     d.set_item(intern!(py, "queue"), &*i.queue)?;
     d.set_item(intern!(py, "idempotency_key"), i.idempotency_key.as_deref())?;
-    let bytes = |b: &Option<Arc<[u8]>>| b.as_deref().map(|b| PyBytes::new(py, b));
-    d.set_item(intern!(py, "args_json"), bytes(&i.args_json))?;
-    d.set_item(intern!(py, "kwargs_json"), bytes(&i.kwargs_json))?;
+    d.set_item(intern!(py, "args_json"), bytes(py, &i.args_json))?;
+    d.set_item(intern!(py, "kwargs_json"), bytes(py, &i.kwargs_json))?;
     d.set_item(
         intern!(py, "encrypted_payload"),
-        bytes(&i.encrypted_payload),
+        bytes(py, &i.encrypted_payload),
     )?;
     d.set_item(intern!(py, "logs_dropped"), r.logs_dropped)?;
     d.set_item(intern!(py, "retry_of"), i.retry_of.as_deref())?;
     Ok(d)
+}
+
+fn tags_dict<'py>(py: Python<'py>, tags: Option<&Tags>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in tags.map(|t| &**t).unwrap_or_default() {
+        d.set_item(&**k, &**v)?;
+    }
+    Ok(d)
+}
+
+fn bytes<'py>(py: Python<'py>, b: &Option<Arc<[u8]>>) -> Option<Bound<'py, PyBytes>> {
+    b.as_deref().map(|b| PyBytes::new(py, b))
+}
+
+fn id_and_flag<'py>(py: Python<'py>, id: &TaskId, flag: bool) -> PyResult<Bound<'py, PyTuple>> {
+    let id = id.with_text(|text| PyString::new(py, text));
+    PyTuple::new(
+        py,
+        [id.into_any(), PyBool::new(py, flag).to_owned().into_any()],
+    )
+}
+
+fn scheduled_dict<'py>(py: Python<'py>, s: &Scheduled) -> PyResult<Bound<'py, PyDict>> {
+    let t = &s.task;
+    let d = PyDict::new(py);
+    d.set_item(intern!(py, "run_key"), &s.run_key)?;
+    d.set_item(intern!(py, "func_name"), &t.func_name)?;
+    d.set_item(intern!(py, "fire_us"), s.fire_us)?;
+    d.set_item(intern!(py, "created_us"), s.created_us)?;
+    d.set_item(intern!(py, "args_json"), bytes(py, &t.args_json))?;
+    d.set_item(intern!(py, "kwargs_json"), bytes(py, &t.kwargs_json))?;
+    d.set_item(
+        intern!(py, "encrypted_payload"),
+        bytes(py, &t.encrypted_payload),
+    )?;
+    d.set_item(intern!(py, "queue"), &t.queue)?;
+    d.set_item(intern!(py, "priority"), t.priority)?;
+    d.set_item(intern!(py, "idempotency_key"), t.idempotency_key.as_deref())?;
+    d.set_item(intern!(py, "tags"), tags_dict(py, t.tags.as_ref())?)?;
+    Ok(d)
+}
+
+/// A `TaskRow` dict, its keys in the order of `TaskRow` in `backends/base.py`.
+fn task_row_dict<'py>(py: Python<'py>, r: &TaskRow) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item(intern!(py, "task_id"), &r.task_id)?;
+    d.set_item(intern!(py, "func_name"), &*r.func_name)?;
+    d.set_item(intern!(py, "status"), &r.status)?;
+    d.set_item(intern!(py, "created_us"), r.created_us)?;
+    d.set_item(intern!(py, "start_us"), r.start_us)?;
+    d.set_item(intern!(py, "end_us"), r.end_us)?;
+    d.set_item(intern!(py, "retries_used"), r.retries_used)?;
+    d.set_item(intern!(py, "error"), r.error.as_deref())?;
+    d.set_item(intern!(py, "stacktrace"), r.stacktrace.as_deref())?;
+    d.set_item(intern!(py, "logs_json"), &r.logs_json)?;
+    d.set_item(intern!(py, "logs_dropped"), r.logs_dropped)?;
+    d.set_item(intern!(py, "tags_json"), &r.tags_json)?;
+    d.set_item(intern!(py, "source"), &*r.source)?;
+    d.set_item(intern!(py, "priority"), r.priority)?;
+    d.set_item(intern!(py, "executor"), r.executor.as_deref())?;
+    d.set_item(intern!(py, "queue"), &*r.queue)?;
+    d.set_item(intern!(py, "idempotency_key"), r.idempotency_key.as_deref())?;
+    d.set_item(intern!(py, "args_json"), bytes(py, &r.args_json))?;
+    d.set_item(intern!(py, "kwargs_json"), bytes(py, &r.kwargs_json))?;
+    d.set_item(
+        intern!(py, "encrypted_payload"),
+        bytes(py, &r.encrypted_payload),
+    )?;
+    d.set_item(intern!(py, "retry_of"), r.retry_of.as_deref())?;
+    d.set_item(intern!(py, "owner"), r.owner.as_deref())?;
+    Ok(d)
+}
+
+/// Reads the values of one `TaskRow` dict given to `adopt`, refusing a missing key or a
+/// value of another type with a `ValueError` naming the row and the key. Twin:
+/// `_task_row_values` in `_pycore/store.py` (same order, same messages).
+struct RowReader<'a, 'py> {
+    dict: &'a Bound<'py, PyDict>,
+    /// `task '<id>'`, or `row <index>` while the id is not a str.
+    subject: String,
+}
+
+impl<'py> RowReader<'_, 'py> {
+    fn value(&self, field: &str) -> PyResult<Bound<'py, PyAny>> {
+        self.dict.get_item(field)?.ok_or_else(|| {
+            PyValueError::new_err(format!("adopt: {} has no field '{field}'", self.subject))
+        })
+    }
+
+    fn wrong(&self, field: &str, expected: &str, v: &Bound<'py, PyAny>) -> PyErr {
+        let got = match v.get_type().name() {
+            Ok(name) => name.to_string(),
+            Err(e) => return e,
+        };
+        PyValueError::new_err(format!(
+            "adopt: {}: field '{field}' must be {expected}, not {got}",
+            self.subject
+        ))
+    }
+
+    fn text(&self, field: &str, v: &Bound<'py, PyAny>, expected: &str) -> PyResult<String> {
+        match v.cast::<PyString>() {
+            Ok(s) => Ok(s.to_str()?.to_owned()),
+            Err(_) => Err(self.wrong(field, expected, v)),
+        }
+    }
+
+    fn str(&self, field: &str) -> PyResult<String> {
+        self.text(field, &self.value(field)?, "a str")
+    }
+
+    fn opt_str(&self, field: &str) -> PyResult<Option<String>> {
+        let v = self.value(field)?;
+        if v.is_none() {
+            return Ok(None);
+        }
+        self.text(field, &v, "a str or None").map(Some)
+    }
+
+    fn number(&self, field: &str, v: &Bound<'py, PyAny>, expected: &str) -> PyResult<i64> {
+        // bool is an int subclass in Python, but never a number of a row.
+        if v.is_instance_of::<PyBool>() || !v.is_instance_of::<PyInt>() {
+            return Err(self.wrong(field, expected, v));
+        }
+        v.extract::<i64>().map_err(|_| {
+            PyValueError::new_err(format!(
+                "adopt: {}: field '{field}' must be {expected}, got {}",
+                self.subject,
+                v.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })
+    }
+
+    fn int(&self, field: &str) -> PyResult<i64> {
+        self.number(field, &self.value(field)?, "a 64-bit int")
+    }
+
+    fn opt_int(&self, field: &str) -> PyResult<Option<i64>> {
+        let v = self.value(field)?;
+        if v.is_none() {
+            return Ok(None);
+        }
+        self.number(field, &v, "a 64-bit int or None").map(Some)
+    }
+
+    fn opt_bytes(&self, field: &str) -> PyResult<Option<Arc<[u8]>>> {
+        let v = self.value(field)?;
+        if v.is_none() {
+            return Ok(None);
+        }
+        match v.cast::<PyBytes>() {
+            Ok(b) => Ok(Some(Arc::from(b.as_bytes()))),
+            Err(_) => Err(self.wrong(field, "bytes or None", &v)),
+        }
+    }
+}
+
+/// `rows[index]` as a [`TaskRow`]; the keys are read in `TaskRow`'s order, so the first
+/// bad one is reported.
+fn task_row_from(index: usize, item: &Bound<'_, PyAny>) -> PyResult<TaskRow> {
+    let dict = item.cast::<PyDict>().map_err(|_| {
+        let got = item.get_type().name().map(|n| n.to_string());
+        PyTypeError::new_err(format!(
+            "adopt: row {index} must be a dict, not {}",
+            got.unwrap_or_default()
+        ))
+    })?;
+    let mut r = RowReader {
+        dict,
+        subject: format!("row {index}"),
+    };
+    let task_id = r.str("task_id")?;
+    r.subject = format!("task '{task_id}'");
+    Ok(TaskRow {
+        task_id,
+        func_name: Arc::from(r.str("func_name")?),
+        status: r.str("status")?,
+        created_us: r.int("created_us")?,
+        start_us: r.opt_int("start_us")?,
+        end_us: r.opt_int("end_us")?,
+        retries_used: r.int("retries_used")?,
+        error: r.opt_str("error")?.map(Arc::from),
+        stacktrace: r.opt_str("stacktrace")?.map(Arc::from),
+        logs_json: r.str("logs_json")?,
+        logs_dropped: r.int("logs_dropped")?,
+        tags_json: r.str("tags_json")?,
+        source: Arc::from(r.str("source")?),
+        priority: r.opt_int("priority")?,
+        executor: r.opt_str("executor")?.map(Arc::from),
+        queue: Arc::from(r.str("queue")?),
+        idempotency_key: r.opt_str("idempotency_key")?.map(Arc::from),
+        args_json: r.opt_bytes("args_json")?,
+        kwargs_json: r.opt_bytes("kwargs_json")?,
+        encrypted_payload: r.opt_bytes("encrypted_payload")?,
+        retry_of: r.opt_str("retry_of")?.map(Arc::from),
+        owner: r.opt_str("owner")?,
+    })
 }
 
 #[pymethods]
@@ -160,14 +356,7 @@ impl TaskStore {
         } else {
             self.inner.create(task)?
         };
-        let id = id.with_text(|text| PyString::new(py, text));
-        PyTuple::new(
-            py,
-            [
-                id.into_any(),
-                pyo3::types::PyBool::new(py, created).to_owned().into_any(),
-            ],
-        )
+        id_and_flag(py, &id, created)
     }
 
     /// Move a record to ``status``; False when the move is not allowed.
@@ -297,6 +486,43 @@ impl TaskStore {
         PyList::new(py, dicts)
     }
 
+    /// The rows written to the file after ``after_seq``, in write order, at most ``limit``,
+    /// and the ``sync_seq`` of the last one (``after_seq`` when there is none).
+    #[pyo3(signature = (after_seq, limit=1_000))]
+    fn changed_rows<'py>(
+        &self,
+        py: Python<'py>,
+        after_seq: i64,
+        limit: i64,
+    ) -> PyResult<(Bound<'py, PyList>, i64)> {
+        let (rows, last) = py.detach(|| self.inner.changed_rows(after_seq, limit))?;
+        let dicts = rows
+            .iter()
+            .map(|r| task_row_dict(py, r))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((PyList::new(py, dicts)?, last))
+    }
+
+    /// Take over unfinished rows of another instance as journaled records of this store;
+    /// their ``get()`` dicts, oldest first.
+    fn adopt<'py>(
+        &self,
+        py: Python<'py>,
+        rows: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let rows = rows
+            .iter()
+            .enumerate()
+            .map(|(i, d)| task_row_from(i, d))
+            .collect::<PyResult<Vec<_>>>()?;
+        let adopted = py.detach(|| self.inner.adopt(rows))?;
+        let dicts = adopted
+            .iter()
+            .map(|(id, r)| record_dict(py, id, r))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, dicts)
+    }
+
     /// Delete finished records that ended before ``end_before_us``; ``(from memory, from file)``.
     fn delete_finished_before(
         &self,
@@ -309,6 +535,93 @@ impl TaskStore {
     /// Delete one finished record from memory and the file; False when unknown or unfinished.
     fn delete(&self, py: Python<'_>, task_id: &str) -> PyResult<bool> {
         Ok(py.detach(|| self.inner.delete(task_id))?)
+    }
+
+    /// Take the schedule lock ``key`` for ``ttl`` seconds unless it is held; True when taken.
+    fn acquire_lock(&self, py: Python<'_>, key: &str, ttl: f64) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.acquire_lock(key, ttl))?)
+    }
+
+    /// Save (or reschedule) the one-off ``run_key``, due at ``fire_us``.
+    #[pyo3(signature = (
+        run_key, func_name, fire_us, *, args_json=None, kwargs_json=None, encrypted_payload=None,
+        queue="default", priority=None, idempotency_key=None, tags=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn save_scheduled(
+        &self,
+        py: Python<'_>,
+        run_key: &str,
+        func_name: &str,
+        fire_us: i64,
+        args_json: Option<&[u8]>,
+        kwargs_json: Option<&[u8]>,
+        encrypted_payload: Option<&[u8]>,
+        queue: &str,
+        priority: Option<i64>,
+        idempotency_key: Option<&str>,
+        tags: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let task = OneOff {
+            func_name: func_name.to_owned(),
+            args_json: args_json.map(Arc::from),
+            kwargs_json: kwargs_json.map(Arc::from),
+            encrypted_payload: encrypted_payload.map(Arc::from),
+            queue: queue.to_owned(),
+            priority,
+            idempotency_key: idempotency_key.map(Arc::from),
+            tags: match tags {
+                Some(d) => tags_from(d)?,
+                None => None,
+            },
+        };
+        Ok(py.detach(|| self.inner.save_scheduled(run_key, fire_us, task))?)
+    }
+
+    /// The one-offs due at ``before_us``, by ``(fire_us, run_key)``, at most ``limit``.
+    #[pyo3(signature = (before_us, limit=1_000))]
+    fn load_due<'py>(
+        &self,
+        py: Python<'py>,
+        before_us: i64,
+        limit: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let due = py.detach(|| self.inner.load_due(before_us, limit))?;
+        let dicts = due
+            .iter()
+            .map(|s| scheduled_dict(py, s))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, dicts)
+    }
+
+    /// Delete the one-off ``run_key``; True when there was one.
+    fn delete_scheduled(&self, py: Python<'_>, run_key: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.delete_scheduled(run_key))?)
+    }
+
+    /// Consume the one-off ``run_key`` and create its task; None when it is gone.
+    #[pyo3(signature = (run_key, *, executor=None, journal=true))]
+    fn fire_scheduled<'py>(
+        &self,
+        py: Python<'py>,
+        run_key: &str,
+        executor: Option<&str>,
+        journal: bool,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let fired = py.detach(|| self.inner.fire_scheduled(run_key, executor, journal))?;
+        fired
+            .map(|(id, created)| id_and_flag(py, &id, created))
+            .transpose()
+    }
+
+    /// Set the metadata ``key`` to ``value``.
+    fn save_metadata(&self, py: Python<'_>, key: &str, value: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.save_metadata(key, value))?)
+    }
+
+    /// The metadata value of ``key``, or None.
+    fn load_metadata(&self, py: Python<'_>, key: &str) -> PyResult<Option<String>> {
+        Ok(py.detach(|| self.inner.load_metadata(key))?)
     }
 
     /// Number of records held in memory (live and finished).

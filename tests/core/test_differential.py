@@ -7,6 +7,7 @@ Runs only when both cores import; the per-core tests report a missing extension.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 NAMES = ("alpha", "beta", "gamma")
+RUN_KEYS = ("r1", "r2", "r3")
 TIME_KEYS = ("created_at", "start_time", "end_time", "duration")
 OUTCOME = tuple[str, Any]
 
@@ -110,6 +112,15 @@ class Differential(RuleBasedStateMachine):
         out["snapshot"] = health
         return out
 
+    def norm_created(self, core: str, task_id: str, created: bool) -> tuple[int | str, bool]:
+        """A ``(task_id, created)`` answer with the id normalised; a new id is remembered first."""
+        if created:
+            self.index[core][task_id] = len(self.ids[core])
+            self.ids[core].append(task_id)
+            record = self.stores[core].get(task_id)
+            self.created_us[core].append(iso_to_us(record["created_at"]))
+        return self.norm_id(core, task_id), created
+
     def pick(self, i: int) -> dict[str, str]:
         n = len(self.ids["rust"])
         return {core: self.ids[core][i % n] for core in self.stores}
@@ -176,13 +187,7 @@ class Differential(RuleBasedStateMachine):
         normalised = {}
         for core, (kind, value) in results.items():
             assert kind == "ok", results
-            task_id, created = value
-            if created:
-                self.index[core][task_id] = len(self.ids[core])
-                self.ids[core].append(task_id)
-                record = self.stores[core].get(task_id)
-                self.created_us[core].append(iso_to_us(record["created_at"]))
-            normalised[core] = (self.norm_id(core, task_id), created)
+            normalised[core] = self.norm_created(core, *value)
         self.same(normalised)
         wait_for_next_microsecond()  # creation order is key order in both cores
 
@@ -257,6 +262,157 @@ class Differential(RuleBasedStateMachine):
                 return
             cutoffs = {core: iso_to_us(end) for core, end in ends.items()}
         self.same({core: call(store.delete_finished_before, cutoffs[core]) for core, store in self.stores.items()})
+
+    @rule(
+        run_key=st.sampled_from(RUN_KEYS),
+        func_name=st.sampled_from(NAMES),
+        fire_us=st.integers(-2, 2),
+        key=st.none() | st.sampled_from(["k1", "k2"]),
+        tags=st.dictionaries(st.sampled_from(["x", "y"]), st.text(max_size=3), max_size=2),
+        priority=st.none() | st.integers(-3, 3),
+        queue=st.sampled_from(["default", "q"]),
+        args=st.none() | st.binary(max_size=4),
+        encrypted=st.none() | st.binary(max_size=4),
+    )
+    def save_scheduled(
+        self,
+        run_key: str,
+        func_name: str,
+        fire_us: int,
+        key: str | None,
+        tags: dict[str, str],
+        priority: int | None,
+        queue: str,
+        args: bytes | None,
+        encrypted: bytes | None,
+    ) -> None:
+        self.same(
+            self.both(
+                "save_scheduled",
+                run_key,
+                func_name,
+                fire_us,
+                args_json=args,
+                encrypted_payload=encrypted,
+                queue=queue,
+                priority=priority,
+                idempotency_key=key,
+                tags=tags or None,
+            )
+        )
+
+    @rule(before=st.integers(-3, 3), limit=st.integers(-1, 4))
+    def load_due(self, before: int, limit: int) -> None:
+        results = {}
+        for core, store in self.stores.items():
+            kind, value = call(store.load_due, before, limit)
+            if kind == "ok":  # the time of saving differs between the cores; it is set
+                value = [{**entry, "created_us": entry["created_us"] > 0} for entry in value]
+            results[core] = (kind, value)
+        self.same(results)
+
+    @rule(run_key=st.sampled_from(RUN_KEYS))
+    def delete_scheduled(self, run_key: str) -> None:
+        self.same(self.both("delete_scheduled", run_key))
+
+    @rule(run_key=st.sampled_from(RUN_KEYS), executor=st.none() | st.just("thread"), journal=st.booleans())
+    def fire_scheduled(self, run_key: str, executor: str | None, journal: bool) -> None:
+        results = self.both("fire_scheduled", run_key, executor=executor, journal=journal)
+        normalised = {}
+        for core, (kind, value) in results.items():
+            normalised[core] = (kind, value if kind != "ok" or value is None else self.norm_created(core, *value))
+        self.same(normalised)
+        wait_for_next_microsecond()  # creation order is key order in both cores
+
+    @rule(key=st.sampled_from(["l1", "l2"]), ttl=st.sampled_from([60.0, 1e300, 0.0, -1.0, math.inf, math.nan]))
+    def acquire_lock(self, key: str, ttl: float) -> None:
+        self.same(self.both("acquire_lock", key, ttl))
+
+    def norm_row(self, core: str, row: dict[str, Any]) -> dict[str, Any]:
+        """A changed_rows() row with ids normalised, times reduced to whether they are set, and the owner to
+        whether it is this store (an earlier store of the file has another instance id in each core)."""
+        out = dict(row)
+        out["task_id"] = self.norm_id(core, row["task_id"])
+        if row["retry_of"] is not None:
+            out["retry_of"] = self.norm_id(core, row["retry_of"])
+        for key in ("created_us", "start_us", "end_us"):
+            out[key] = row[key] is not None
+        owner = row["owner"]
+        out["owner"] = None if owner is None else owner == self.stores[core].instance_id
+        return out
+
+    @rule(after=st.integers(0, 8), limit=st.integers(0, 5))
+    def changed_rows(self, after: int, limit: int) -> None:
+        results = {}
+        for core, store in self.stores.items():
+            kind, value = call(store.changed_rows, after, limit)
+            if kind == "ok":  # the same writes, numbered alike
+                rows, last = value
+                value = ([self.norm_row(core, row) for row in rows], last)
+            results[core] = (kind, value)
+        self.same(results)
+
+    @rule(
+        rows=st.lists(
+            st.fixed_dictionaries(
+                {
+                    "task_id": st.uuids(version=4).map(str),
+                    "func_name": st.sampled_from(NAMES),
+                    "status": st.sampled_from(["pending", "running"]),
+                    "retries_used": st.integers(0, 2),
+                    "logs_json": st.sampled_from(["[]", '["a"]', '["a","b","c","d","e"]']),
+                    "logs_dropped": st.integers(0, 2),
+                    "tags_json": st.sampled_from(["{}", '{"x":"1"}']),
+                    "priority": st.none() | st.integers(-3, 3),
+                    "idempotency_key": st.none() | st.sampled_from(["k1", "k2"]),
+                    "args_json": st.none() | st.binary(max_size=4),
+                }
+            ),
+            max_size=3,
+        ),
+        existing=st.none() | st.integers(0, 10_000),
+        spoil=st.sampled_from(
+            [None, None, None, ("status", "success"), ("retries_used", -1), ("tags_json", '{"x":1}')]
+        ),
+    )
+    def adopt(self, rows: list[dict[str, Any]], existing: int | None, spoil: tuple[str, Any] | None) -> None:
+        now = time.time_ns() // 1000
+        base = {
+            "created_us": now,
+            "start_us": None,
+            "end_us": None,
+            "error": None,
+            "stacktrace": None,
+            "source": "manual",
+            "executor": None,
+            "queue": "default",
+            "kwargs_json": None,
+            "encrypted_payload": None,
+            "retry_of": None,
+            "owner": "00000000-0000-4000-8000-0000000000dd",
+        }
+        per_core = {core: [{**base, **r, "created_us": now + i} for i, r in enumerate(rows)] for core in self.stores}
+        if existing is not None and self.ids["rust"] and per_core["rust"]:
+            for core, task_id in self.pick(existing).items():  # an id the store holds, or held: skipped
+                per_core[core][0]["task_id"] = task_id
+        if spoil is not None and rows:  # one bad row: nothing is adopted
+            for core_rows in per_core.values():
+                core_rows[-1][spoil[0]] = spoil[1]
+        results = {}
+        for core, store in self.stores.items():
+            kind, value = call(store.adopt, per_core[core])
+            if kind == "ok":
+                value = [(self.norm_created(core, r["task_id"], True), self.norm_task(core, r)) for r in value]
+            results[core] = (kind, value)
+        self.same(results)
+        while time.time_ns() // 1000 <= now + len(rows):  # records created later are newer in both cores
+            pass
+
+    @rule(key=st.sampled_from(["m1", "m2"]), value=st.none() | st.text(max_size=3))
+    def metadata(self, key: str, value: str | None) -> None:
+        if value is not None:
+            self.same(self.both("save_metadata", key, value))
+        self.same(self.both("load_metadata", key))
 
     @precondition(lambda self: self.options.get("use_db"))
     @rule()

@@ -14,11 +14,11 @@ from fastapi_taskflow._pycore.owners import owner_alive
 from fastapi_taskflow._pycore.snapshot import MIGRATIONS
 
 
-def test_schema_version_3(make_store: StoreFactory, db_path: str) -> None:
+def test_the_journal_columns_and_indexes_of_version_3(make_store: StoreFactory, db_path: str) -> None:
     make_store(db_path)
-    assert query(db_path, "SELECT version FROM schema_version") == [(3,)]
+    assert query(db_path, "SELECT version FROM schema_version") == [(5,)]
     columns = [row[1] for row in query(db_path, "PRAGMA table_info(task_history)")]
-    assert columns[-4:] == ["logs_dropped", "owner", "encrypted_payload", "retry_of"]
+    assert columns[-5:-1] == ["logs_dropped", "owner", "encrypted_payload", "retry_of"]
     indexes = dict(query(db_path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
     assert indexes["task_history_owner"].endswith("(owner) WHERE owner IS NOT NULL")
     assert indexes["task_history_idempotency"].endswith(
@@ -48,7 +48,7 @@ def test_a_version_2_file_is_migrated(make_store: StoreFactory, db_path: str) ->
     conn.close()
     insert_rows(db_path, [{"task_id": "old", "func_name": "f", "status": "pending", "created_us": 1}])
     store = make_store(db_path)
-    assert query(db_path, "SELECT version FROM schema_version") == [(3,)]
+    assert query(db_path, "SELECT version FROM schema_version") == [(5,)]
     record = store.get("old")
     assert (record["status"], record["encrypted_payload"], record["retry_of"]) == ("pending", None, None)
     assert stored(db_path) == {"old": ("pending", None)}

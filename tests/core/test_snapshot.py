@@ -30,12 +30,18 @@ def test_db_path_property(make_store: StoreFactory, db_path: str) -> None:
 def test_schema_and_wal(make_store: StoreFactory, db_path: str) -> None:
     make_store(db_path)
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert query(db_path, "SELECT version FROM schema_version") == [(3,)]
+    assert query(db_path, "SELECT version FROM schema_version") == [(5,)]
     columns = [row[1] for row in query(db_path, "PRAGMA table_info(task_history)")]
-    assert columns[:3] == ["task_id", "func_name", "status"] and len(columns) == 22
-    assert columns[-4:] == ["logs_dropped", "owner", "encrypted_payload", "retry_of"]
+    assert columns[:3] == ["task_id", "func_name", "status"] and len(columns) == 23
+    assert columns[-5:] == ["logs_dropped", "owner", "encrypted_payload", "retry_of", "sync_seq"]
     indexes = {row[0] for row in query(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"task_history_created", "task_history_status", "task_history_name", "task_history_owner"} <= indexes
+    assert {
+        "task_history_created",
+        "task_history_status",
+        "task_history_name",
+        "task_history_owner",
+        "task_history_sync",
+    } <= indexes
 
 
 def test_flush_without_file_returns_zero(make_store: StoreFactory) -> None:

@@ -97,4 +97,4 @@ def test_version_1_file_gets_its_tags_backfilled(make_store: StoreFactory, db_pa
     assert [r["task_id"] for r in all_pages(store, 1, tag="env=dev")] == ["t1"]
     assert [r["task_id"] for r in all_pages(store, 1, tag="k=v")] == ["t0"]
     assert loads(store.get_json("t0"))["logs_dropped"] == 0  # the column v2 adds, defaulted
-    assert query(db_path, "SELECT version FROM schema_version") == [(3,)]
+    assert query(db_path, "SELECT version FROM schema_version") == [(5,)]

@@ -1,4 +1,5 @@
-"""The SQLite snapshot file: schema and migrations, history flush, page and record reads, orphan claims, deletions.
+"""The SQLite snapshot file: schema and migrations, history flush, page and record reads, orphan claims, deletions,
+schedule locks, one-off schedules, metadata, and the rows to replicate (changed rows, adoption).
 
 The file format is shared with ``snapshot.rs`` in the Rust core: either core opens a
 file the other wrote. Change the schema only by appending to ``MIGRATIONS``.
@@ -8,11 +9,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final, TypeVar
 
-from .record import Key, Row
+from .record import Key, Record, Row, RowParts
 from .statuses import FINISHED
 
 
@@ -63,6 +64,19 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " WHERE idempotency_key IS NOT NULL",
         "CREATE INDEX task_history_end ON task_history(end_us) WHERE end_us IS NOT NULL",
     ),
+    (
+        "CREATE TABLE task_schedule_locks (lock_key TEXT PRIMARY KEY, expires_us INTEGER NOT NULL)",
+        "CREATE TABLE task_scheduled_once (run_key TEXT PRIMARY KEY, func_name TEXT NOT NULL, fire_us INTEGER NOT NULL,"
+        " created_us INTEGER NOT NULL, args_json BLOB, kwargs_json BLOB, encrypted_payload BLOB,"
+        " queue TEXT NOT NULL DEFAULT 'default', priority INTEGER, idempotency_key TEXT,"
+        " tags_json TEXT NOT NULL DEFAULT '{}')",
+        "CREATE INDEX task_scheduled_once_fire ON task_scheduled_once(fire_us, run_key)",
+        "CREATE TABLE task_metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+    (
+        "ALTER TABLE task_history ADD COLUMN sync_seq INTEGER",
+        "CREATE INDEX task_history_sync ON task_history(sync_seq) WHERE sync_seq IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION: Final[int] = len(MIGRATIONS)
 
@@ -90,7 +104,51 @@ COLUMNS: Final[tuple[str, ...]] = (
     "encrypted_payload",
     "retry_of",
 )
+#: The keys of a row as the shared backends store it, in order. Twin of ``TaskRow`` in ``backends/base.py``.
+TASK_ROW_KEYS: Final[tuple[str, ...]] = (
+    "task_id",
+    "func_name",
+    "status",
+    "created_us",
+    "start_us",
+    "end_us",
+    "retries_used",
+    "error",
+    "stacktrace",
+    "logs_json",
+    "logs_dropped",
+    "tags_json",
+    "source",
+    "priority",
+    "executor",
+    "queue",
+    "idempotency_key",
+    "args_json",
+    "kwargs_json",
+    "encrypted_payload",
+    "retry_of",
+    "owner",
+)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM task_history"
+#: Rows written after ``?1``, in the order they were written: a walk of ``task_history_sync``. Twin of
+#: ``Snapshot::changed_rows`` in ``snapshot.rs``.
+_CHANGED = (
+    f"SELECT {', '.join(TASK_ROW_KEYS)}, sync_seq FROM task_history WHERE sync_seq > ?1 ORDER BY sync_seq LIMIT ?2"
+)
+#: The highest ``sync_seq`` the file has given: the column's maximum, or the floor a deletion of the newest
+#: rows left behind, so that a number is never given twice. Read once per write transaction, which numbers
+#: its rows up from here. Twin of ``SYNC_SEQ_HIGH`` in ``snapshot.rs``.
+_SYNC_SEQ_HIGH = (
+    "SELECT max(coalesce((SELECT max(sync_seq) FROM task_history WHERE sync_seq IS NOT NULL), 0),"
+    " coalesce((SELECT CAST(value AS INTEGER) FROM task_metadata WHERE key = 'sync_seq_floor'), 0))"
+)
+#: Run after a deletion with ``?1`` = the ``_SYNC_SEQ_HIGH`` read before it: when the rows holding the highest
+#: numbers are gone, the number is kept as the floor. Twin of ``KEEP_SYNC_FLOOR`` in ``snapshot.rs``.
+_KEEP_SYNC_FLOOR = (
+    "INSERT INTO task_metadata (key, value) SELECT 'sync_seq_floor', ?1"
+    " WHERE ?1 > coalesce((SELECT max(sync_seq) FROM task_history WHERE sync_seq IS NOT NULL), 0)"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
 _H_COLUMNS = ", ".join(f"h.{c}" for c in COLUMNS)
 #: Tags never change after a record is created, so a re-flushed record re-inserts the same rows:
 #: ignoring duplicates replaces the delete (which, keyed by tag, would scan the table). Twin of
@@ -109,10 +167,48 @@ _DELETE_TAGS = (
 #: ``(task_id, func_name, status, start_us, end_us)``: what the metrics need of a deleted row.
 DeletedRow = tuple[str, str, str, int | None, int | None]
 _DELETED = "SELECT task_id, func_name, status, start_us, end_us FROM task_history"
+_UPSERT_COLUMNS = (*COLUMNS, "sync_seq")
 _UPSERT = (
-    f"INSERT INTO task_history ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-    f" ON CONFLICT(task_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
+    f"INSERT INTO task_history ({', '.join(_UPSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_UPSERT_COLUMNS))})"
+    f" ON CONFLICT(task_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _UPSERT_COLUMNS[1:])}"
 )
+#: The idempotency key holders of a key created after a cutoff; walks ``task_history_idempotency``, then
+#: filters the few rows of one key. Twin of ``KEY_HOLDERS`` in ``snapshot.rs``.
+_KEY_HOLDERS = (
+    "SELECT task_id FROM task_history WHERE idempotency_key = ?1 AND created_us > ?2"
+    " AND status IN ('pending', 'running', 'success') ORDER BY created_us DESC"
+)
+
+#: A row of ``task_scheduled_once``: ``(run_key, func_name, fire_us, created_us, args_json, kwargs_json,
+#: encrypted_payload, queue, priority, idempotency_key, tags_json)``.
+ScheduledRow = tuple[str, str, int, int, bytes | None, bytes | None, bytes | None, str, int | None, str | None, str]
+_SCHEDULED_COLUMNS = (
+    "run_key, func_name, fire_us, created_us, args_json, kwargs_json, encrypted_payload, queue, priority,"
+    " idempotency_key, tags_json"
+)
+#: Saving a run key again reschedules it: every column is replaced. Twin of ``SAVE_SCHEDULED`` in ``snapshot.rs``.
+_SAVE_SCHEDULED = (
+    f"INSERT OR REPLACE INTO task_scheduled_once ({_SCHEDULED_COLUMNS})"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+)
+_SELECT_SCHEDULED = f"SELECT {_SCHEDULED_COLUMNS} FROM task_scheduled_once"
+_DELETE_SCHEDULED = "DELETE FROM task_scheduled_once WHERE run_key = ?1"
+
+_T = TypeVar("_T")
+
+
+def _sync_seq_high(c: sqlite3.Connection) -> int:
+    (high,) = c.execute(_SYNC_SEQ_HIGH).fetchone()
+    return int(high)
+
+
+def _upsert(c: sqlite3.Connection, parts: Sequence[RowParts]) -> None:
+    """Upsert records (their row parts) with their tag rows, in the caller's transaction (at most once per
+    transaction). Each row gets the next ``sync_seq``, in the order of ``(created_us, task_id)``."""
+    high = _sync_seq_high(c)
+    ordered = sorted(parts, key=lambda p: (p[3], p[0]))
+    c.executemany(_UPSERT, [(*Record.to_row(p), seq) for seq, p in enumerate(ordered, high + 1)])
+    c.executemany(_INSERT_TAG, [(p[0], k, v, p[3]) for p in parts if p[10] for k, v in p[10].items()])
 
 
 def _is_corrupt(exc: sqlite3.Error) -> bool:
@@ -225,14 +321,10 @@ class SnapshotDb:
                 raise SnapshotError(f"{self.path}: cannot {doing} ({exc}); {outcome}") from exc
             raise
 
-    def write_locked(self, rows: Iterable[Row], tags: Iterable[tuple[str, str, str, int]] = ()) -> None:
-        """Upsert ``rows`` and insert their ``(task_id, key, value, created_us)`` tags in one transaction.
-
-        The caller holds ``lock``.
-        """
+    def write_locked(self, parts: Sequence[RowParts]) -> None:
+        """Upsert the records of ``parts`` with their tags in one transaction. The caller holds ``lock``."""
         with self._transaction("write task history", "the records stay in memory and the next flush retries them") as c:
-            c.executemany(_UPSERT, rows)
-            c.executemany(_INSERT_TAG, tags)
+            _upsert(c, parts)
 
     def claim_locked(self, instance_id: str, take: Callable[[Row], bool]) -> list[Row]:
         """Give ``instance_id`` the unfinished rows of other owners that ``take`` accepts; return them oldest first.
@@ -250,8 +342,30 @@ class SnapshotDb:
                 )
                 if take(row)
             ]
-            c.executemany("UPDATE task_history SET owner = ? WHERE task_id = ?", [(instance_id, r[0]) for r in rows])
+            numbered = enumerate(rows, _sync_seq_high(c) + 1)
+            c.executemany(
+                "UPDATE task_history SET owner = ?1, sync_seq = ?2 WHERE task_id = ?3",
+                [(instance_id, seq, r[0]) for seq, r in numbered],
+            )
         return rows
+
+    def adopt_locked(self, parts: Sequence[RowParts]) -> set[str]:
+        """Insert ``parts`` (journal rows of this store) in one transaction, except ids that have a row already;
+        return the ids inserted. The caller holds ``lock``."""
+        with self._transaction("adopt rows", "nothing was adopted") as c:
+            fresh = [
+                p
+                for p in parts
+                if c.execute("SELECT 1 FROM task_history WHERE task_id = ?1", (p[0],)).fetchone() is None
+            ]
+            if fresh:
+                _upsert(c, fresh)
+        return {p[0] for p in fresh}
+
+    def changed_rows(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` rows (``TASK_ROW_KEYS`` then ``sync_seq``) with a ``sync_seq`` above ``after``, in
+        ``sync_seq`` order."""
+        return self._read(_CHANGED, (after, limit))
 
     def delete_locked(
         self, ids: Iterable[str], *, ended_before: int | None = None, finished_only: bool = False
@@ -260,6 +374,7 @@ class SnapshotDb:
         ``ended_before``, every finished row that ended before it. Returns the rows deleted. The caller holds ``lock``.
         """
         with self._transaction("delete task history", "nothing was deleted") as c:
+            high = _sync_seq_high(c)
             found: dict[str, DeletedRow] = {}
             if ended_before is not None:
                 sql = _DELETED + f" INDEXED BY task_history_end WHERE end_us < ? AND status IN {_FINISHED_SQL}"
@@ -271,9 +386,64 @@ class SnapshotDb:
                     found[task_id] = row
             c.executemany(_DELETE_TAGS, [(task_id,) for task_id in found])
             c.executemany("DELETE FROM task_history WHERE task_id = ?", [(task_id,) for task_id in found])
+            if found:
+                c.execute(_KEEP_SYNC_FLOOR, (high,))
         return list(found.values())
 
-    def _read(self, sql: str, params: tuple[object, ...]) -> list[Row]:
+    def acquire_lock(self, key: str, now_us: int, expires_us: int) -> bool:
+        """Take the schedule lock ``key`` until ``expires_us`` unless it is held; locks expired by ``now_us`` go
+        first. True when this call took it."""
+        with self.lock, self._transaction("take a schedule lock", "the lock was not taken") as c:
+            c.execute("DELETE FROM task_schedule_locks WHERE expires_us <= ?1", (now_us,))
+            cursor = c.execute(
+                "INSERT OR IGNORE INTO task_schedule_locks (lock_key, expires_us) VALUES (?1, ?2)", (key, expires_us)
+            )
+            return cursor.rowcount == 1
+
+    def save_scheduled(self, row: ScheduledRow) -> None:
+        with self.lock, self._transaction("save a one-off schedule", "it was not saved") as c:
+            c.execute(_SAVE_SCHEDULED, row)
+
+    def load_due(self, before_us: int, limit: int) -> list[ScheduledRow]:
+        """Up to ``limit`` one-offs due at ``before_us``, by ``(fire_us, run_key)``: a walk of their index."""
+        sql = _SELECT_SCHEDULED + " WHERE fire_us <= ?1 ORDER BY fire_us, run_key LIMIT ?2"
+        return self._read(sql, (before_us, limit))
+
+    def delete_scheduled(self, run_key: str) -> bool:
+        with self.lock, self._transaction("delete a one-off schedule", "it stays scheduled") as c:
+            return c.execute(_DELETE_SCHEDULED, (run_key,)).rowcount > 0
+
+    def fire(
+        self,
+        run_key: str,
+        cutoff: float,
+        decide: Callable[[ScheduledRow, list[str]], tuple[_T, RowParts | None]],
+    ) -> _T | None:
+        """Fire the one-off ``run_key`` in one write transaction: read and delete its row, find the stored holders
+        of its idempotency key (created after ``cutoff``), and let ``decide`` say what the firing made and which
+        record to journal. None when the row is gone. Either all of it reaches the file or none of it.
+        """
+        with self.lock, self._transaction("fire a one-off schedule", "it stays scheduled") as c:
+            row: ScheduledRow | None = c.execute(_SELECT_SCHEDULED + " WHERE run_key = ?1", (run_key,)).fetchone()
+            if row is None:
+                return None
+            c.execute(_DELETE_SCHEDULED, (run_key,))
+            key = row[9]
+            on_disk = [] if key is None else [task_id for (task_id,) in c.execute(_KEY_HOLDERS, (key, cutoff))]
+            fired, journal = decide(row, on_disk)
+            if journal is not None:
+                _upsert(c, [journal])
+            return fired
+
+    def save_metadata(self, key: str, value: str) -> None:
+        with self.lock, self._transaction("write metadata", "it was not saved") as c:
+            c.execute("INSERT OR REPLACE INTO task_metadata (key, value) VALUES (?1, ?2)", (key, value))
+
+    def load_metadata(self, key: str) -> str | None:
+        rows: list[tuple[str]] = self._read("SELECT value FROM task_metadata WHERE key = ?1", (key,))
+        return rows[0][0] if rows else None
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         with self.lock:
             conn = self._connection()
             try:
@@ -319,17 +489,13 @@ class SnapshotDb:
         return self._read(sql, tuple(params))
 
     def get(self, task_id: str) -> Row | None:
-        rows = self._read(_SELECT + " WHERE task_id = ?", (task_id,))
+        rows: list[Row] = self._read(_SELECT + " WHERE task_id = ?", (task_id,))
         return rows[0] if rows else None
 
     def key_holders(self, key: str, created_after: float) -> list[str]:
         """Ids of the stored records holding idempotency ``key`` (pending, running or success and created
         after ``created_after``), newest first: an indexed read."""
-        sql = (
-            "SELECT task_id FROM task_history WHERE idempotency_key = ? AND created_us > ?"
-            " AND status IN ('pending', 'running', 'success') ORDER BY created_us DESC"
-        )
-        return [row[0] for row in self._read(sql, (key, created_after))]
+        return [row[0] for row in self._read(_KEY_HOLDERS, (key, created_after))]
 
     def metric_rows(self) -> list[tuple[str, str, int | None, int | None]]:
         """Every stored record's name, status and times, read at open (a damaged file shows here first)."""

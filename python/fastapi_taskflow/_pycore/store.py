@@ -1,4 +1,5 @@
-"""TaskStore: records, their indexes, idempotency keys, retention, metrics, events and the snapshot file.
+"""TaskStore: records, their indexes, idempotency keys, retention, metrics, events and the snapshot file,
+with the file's schedule locks, one-off schedules and metadata.
 
 Lock order: the keyed-create lock, then the snapshot lock, then the state lock; no disk I/O
 under the state lock.
@@ -6,24 +7,27 @@ under the state lock.
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import time_ns
+from typing import Any, Final, cast
 
 from .events import Event, event_json
 from .health import SnapshotHealth
 from .ids import new_task_id
 from .index import FinishedQueue, KeyIndex
-from .jsonenc import dumps
+from .jsonenc import dumps, loads
 from .metrics import Metrics
 from .owners import OwnerLock, owner_alive, remove_owner_files
 from .prometheus import render as render_prometheus
-from .record import Key, Record, Row
+from .record import Key, Record, Row, RowParts
 from .ring import EventRing
-from .snapshot import DeletedRow, SnapshotDb, SnapshotError
+from .snapshot import COLUMNS, TASK_ROW_KEYS, DeletedRow, ScheduledRow, SnapshotDb, SnapshotError
 from .statuses import ALLOWED, FINISHED_SET, FREES_KEY, KNOWN, STATUSES
 
 _I64_MAX = 2**63 - 1
@@ -56,6 +60,157 @@ def _positive(name: str, value: int) -> int:
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
     return value
+
+
+#: Why the schedule and metadata methods refuse a store without a file. Twin of ``NO_FILE`` in ``store.rs``.
+_NO_FILE = (
+    "this TaskStore has no snapshot file (db_path is None); schedule locks, one-off schedules, metadata and the"
+    " rows to replicate live in one: pass a db_path"
+)
+
+#: What ``adopt`` requires of each key of a row, in ``TASK_ROW_KEYS`` order.
+_ROW_KINDS: Final[dict[str, str]] = {
+    "task_id": "str",
+    "func_name": "str",
+    "status": "str",
+    "created_us": "int",
+    "start_us": "int?",
+    "end_us": "int?",
+    "retries_used": "int",
+    "error": "str?",
+    "stacktrace": "str?",
+    "logs_json": "str",
+    "logs_dropped": "int",
+    "tags_json": "str",
+    "source": "str",
+    "priority": "int?",
+    "executor": "str?",
+    "queue": "str",
+    "idempotency_key": "str?",
+    "args_json": "bytes?",
+    "kwargs_json": "bytes?",
+    "encrypted_payload": "bytes?",
+    "retry_of": "str?",
+    "owner": "str?",
+}
+_EXPECTED: Final[dict[str, str]] = {
+    "str": "a str",
+    "str?": "a str or None",
+    "int": "a 64-bit int",
+    "int?": "a 64-bit int or None",
+    "bytes?": "bytes or None",
+}
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _task_row_values(index: int, row: dict[str, Any]) -> dict[str, Any]:
+    """``rows[index]`` of ``adopt``, its keys checked in ``TASK_ROW_KEYS`` order: ``ValueError`` naming the row and
+    the key for a missing key or a value of another type. Twin of ``task_row_from`` in ``py/store.rs`` (same
+    order, same messages)."""
+    if not isinstance(row, dict):
+        raise TypeError(f"adopt: row {index} must be a dict, not {type(row).__name__}")
+    subject = f"row {index}"
+    for key, kind in _ROW_KINDS.items():
+        if key not in row:
+            raise ValueError(f"adopt: {subject} has no field '{key}'")
+        value = row[key]
+        if value is None and kind.endswith("?"):
+            continue
+        base = kind.rstrip("?")
+        if base == "int":
+            # bool is an int subclass, but never a number of a row.
+            fits = isinstance(value, int) and not isinstance(value, bool)
+            if fits and not -(2**63) <= value <= _I64_MAX:
+                raise ValueError(f"adopt: {subject}: field '{key}' must be {_EXPECTED[kind]}, got {value!r}")
+        else:
+            fits = isinstance(value, str if base == "str" else bytes)
+        if not fits:
+            raise ValueError(f"adopt: {subject}: field '{key}' must be {_EXPECTED[kind]}, not {type(value).__name__}")
+        if key == "task_id":
+            subject = f"task '{value}'"
+    return row
+
+
+def _json_or_none(text: str) -> object:
+    try:
+        return loads(text)
+    except ValueError:
+        return None
+
+
+def _adoptable(row: dict[str, Any]) -> Record:
+    """A row ``adopt`` may take (unfinished, a canonical UUID, its logs and tags readable) as a detached record.
+    Twin of ``adoptable`` in ``store.rs`` (same checks, same order, same messages)."""
+    task_id = row["task_id"]
+
+    def bad(field: str, what: str) -> ValueError:
+        return ValueError(f"adopt: task '{task_id}': field '{field}' {what}")
+
+    if _CANONICAL_UUID.fullmatch(task_id) is None:
+        raise bad("task_id", "is not a UUID in canonical form (lowercase, hyphenated)")
+    if row["status"] not in ("pending", "running"):
+        raise bad("status", f"is '{row['status']}'; only pending and running rows can be adopted")
+    if row["retries_used"] < 0:
+        raise bad("retries_used", f"must be at least 0, got {row['retries_used']}")
+    # Read strictly here: the file reads them leniently, and what memory then holds must be what the row says.
+    logs = _json_or_none(row["logs_json"])
+    if not (isinstance(logs, list) and all(isinstance(line, str) for line in logs)):
+        raise bad("logs_json", "must be a JSON array of strings")
+    if row["logs_dropped"] < 0:
+        raise bad("logs_dropped", f"must be at least 0, got {row['logs_dropped']}")
+    tags = _json_or_none(row["tags_json"])
+    if not (isinstance(tags, dict) and all(isinstance(value, str) for value in tags.values())):
+        raise bad("tags_json", "must be a JSON object of strings")
+    return Record.from_row(cast("Row", tuple(row[column] for column in COLUMNS)))
+
+
+def _ttl_micros(ttl: float) -> int:
+    """A schedule lock's ttl in whole microseconds, rounded up (as ``ttl_micros`` in ``store.rs``)."""
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"ttl must be a positive finite number of seconds, got {ttl!r}")
+    return math.ceil(ttl * 1e6)
+
+
+def _check_tags(tags: dict[str, str] | None) -> dict[str, str] | None:
+    """A copy of non-empty tags, None for none; ``TypeError`` unless they map str to str."""
+    if not tags:
+        return None
+    if not all(type(k) is str and type(v) is str for k, v in tags.items()):
+        raise TypeError("tags must map str to str")
+    return dict(tags)
+
+
+def _check_bytes(*values: bytes | None) -> None:
+    if any(v is not None and type(v) is not bytes for v in values):
+        raise TypeError("args_json, kwargs_json and encrypted_payload must be bytes or None")
+
+
+def _stored_tags(tags_json: str) -> dict[str, str]:
+    """Tags of a stored one-off, read leniently as ``snapshot.rs`` reads them: unreadable JSON is no tags, and a
+    value that is not a string becomes its JSON text."""
+    try:
+        tags = loads(tags_json)
+    except ValueError:
+        return {}
+    if not isinstance(tags, dict):
+        return {}
+    return {k: v if isinstance(v, str) else dumps(v).decode() for k, v in tags.items()}
+
+
+def _scheduled_dict(row: ScheduledRow) -> dict[str, object]:
+    return {
+        "run_key": row[0],
+        "func_name": row[1],
+        "fire_us": row[2],
+        "created_us": row[3],
+        "args_json": row[4],
+        "kwargs_json": row[5],
+        "encrypted_payload": row[6],
+        "queue": row[7],
+        "priority": row[8],
+        "idempotency_key": row[9],
+        "tags": _stored_tags(row[10]),
+    }
 
 
 def _closed(path: str | None) -> SnapshotError:
@@ -190,18 +345,8 @@ class TaskStore:
         retry_of: str | None = None,
         journal: bool = False,
     ) -> tuple[str, bool]:
-        if tags:
-            if not all(type(k) is str and type(v) is str for k, v in tags.items()):
-                raise TypeError("tags must map str to str")
-            tags = dict(tags)
-        else:
-            tags = None
-        if (
-            (args_json is not None and type(args_json) is not bytes)
-            or (kwargs_json is not None and type(kwargs_json) is not bytes)
-            or (encrypted_payload is not None and type(encrypted_payload) is not bytes)
-        ):
-            raise TypeError("args_json, kwargs_json and encrypted_payload must be bytes or None")
+        tags = _check_tags(tags)
+        _check_bytes(args_json, kwargs_json, encrypted_payload)
         # The time is taken before the lock, as in the Rust core: a record that loses a race for the
         # lock lands a little out of key order, which the indexes allow.
         rec = Record(
@@ -230,26 +375,39 @@ class TaskStore:
             self._add(rec, journal)
         return rec.task_id, True
 
+    def _key_cutoff(self, now_us: int) -> float:
+        """Creation times after which a record still holds its idempotency key, at ``now_us``."""
+        ttl_us = self._idem_ttl_us
+        return _NO_CUTOFF if ttl_us is None else now_us - ttl_us
+
     def _key_holder(self, key: str) -> str | None:
         """The record holding idempotency ``key``: in memory, else in the file. The caller holds ``_keyed``."""
-        ttl_us = self._idem_ttl_us
-        cutoff = _NO_CUTOFF if ttl_us is None else time_ns() // 1000 - ttl_us
-        with self._lock:
-            holder = self._idem.get(key)
-            if holder is not None and self._records[holder].created_us > cutoff:
-                return holder
+        cutoff = self._key_cutoff(time_ns() // 1000)
+        holder = self._memory_holder(key, cutoff)
+        if holder is not None:
+            return holder
         db = self._db
         if db is None:
             return None
         on_disk = db.key_holders(key, cutoff)
-        if not on_disk:
-            return None
+        return self._disk_holder(on_disk) if on_disk else None
+
+    def _memory_holder(self, key: str, cutoff: float) -> str | None:
         with self._lock:
-            # A record in memory is newer than its row, and was judged above.
+            holder = self._idem.get(key)
+            if holder is not None and self._records[holder].created_us > cutoff:
+                return holder
+        return None
+
+    def _disk_holder(self, on_disk: list[str]) -> str | None:
+        """The newest of the stored holders ``on_disk`` that memory does not hold."""
+        with self._lock:
+            # A record in memory is newer than its row, and is judged by ``_memory_holder``.
             return next((task_id for task_id in on_disk if task_id not in self._records), None)
 
-    def _add(self, rec: Record, journal: bool) -> None:
-        """Add a new record to memory, indexes, metrics and ring."""
+    def _add(self, rec: Record, journal: bool, *, written: bool = False) -> None:
+        """Add a new record to memory, indexes, metrics and ring. ``written``: its journal row is in the file
+        already, so no flush needs to write it."""
         task_id = rec.task_id
         with self._lock:
             if rec.idempotency_key is not None:
@@ -260,7 +418,8 @@ class TaskStore:
             self._index(rec)
             if journal and self._persist:
                 rec.journal = True
-                self._dirty.add(task_id)
+                if not written:
+                    self._dirty.add(task_id)
             self._ring.push(("created", rec, "pending", None, None, 0, None, None))
 
     def transition(
@@ -467,10 +626,7 @@ class TaskStore:
                 ]
             try:
                 if parts:
-                    db.write_locked(
-                        [Record.to_row(p) for p in parts],
-                        [(p[0], k, v, p[3]) for p in parts if p[10] for k, v in p[10].items()],
-                    )
+                    db.write_locked(parts)
             except BaseException as exc:
                 with self._lock:
                     self._dirty |= dirty
@@ -500,18 +656,39 @@ class TaskStore:
                 return []
             rows = db.claim_locked(self._instance_id, take)
             with self._lock:
-                claimed = [self._adopt(Record.from_row(row)) for row in rows]
+                claimed = [self._load_journaled(Record.from_row(row)) for row in rows]
         if owners is not None:
             remove_owner_files(owners, [owner for owner, is_alive in alive.items() if not is_alive])
         return claimed
 
-    def _adopt(self, rec: Record) -> dict[str, object]:
-        """Hold a record claimed from the file as a journaled one of this store; open already counted it."""
+    def adopt(self, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+        # Every row is checked before anything is written: one bad row adopts nothing.
+        checked = [_task_row_values(index, row) for index, row in enumerate(rows)]
+        records = [_adoptable(row) for row in checked]
+        with self._file_change() as db:
+            if db is None:
+                raise SnapshotError(_NO_FILE)
+            fresh: dict[str, Record] = {}
+            with self._lock:
+                for rec in records:
+                    if rec.task_id not in self._records:
+                        fresh.setdefault(rec.task_id, rec)
+            ordered = sorted(fresh.values(), key=lambda rec: rec.key)
+            written = db.adopt_locked([rec.row_parts(self._instance_id) for rec in ordered])
+            with self._lock:
+                return [self._load_journaled(rec, new_here=True) for rec in ordered if rec.task_id in written]
+
+    def _load_journaled(self, rec: Record, *, new_here: bool = False) -> dict[str, object]:
+        """Hold a record read from the file as a journaled one of this store. A claimed record keeps the metrics as
+        they are (open counted it); one adopted from another instance (``new_here``) is counted as created here,
+        with its ``created`` event."""
         logs = rec.logs
         if logs is not None:
             rec.logs_dropped += max(0, len(logs) - self._max_log_lines)
             rec.logs = deque(logs, maxlen=self._max_log_lines)
         rec.journal = True
+        if new_here:
+            self._metrics.load(rec.func_name, rec.status, None, None)
         rec.agg = self._metrics.aggregate(rec.func_name)
         self._records[rec.task_id] = rec
         self._index(rec)
@@ -519,6 +696,10 @@ class TaskStore:
             self._queue_pending[rec.queue] = self._queue_pending.get(rec.queue, 0) + 1
         if rec.idempotency_key is not None:
             self._idem.setdefault(rec.idempotency_key, rec.task_id)
+        if new_here:
+            self._ring.push(
+                ("created", rec, rec.status, rec.start_us, rec.end_us, rec.retries_used, rec.error, rec.stacktrace)
+            )
         return rec.to_dict()
 
     def delete_finished_before(self, end_before_us: int) -> tuple[int, int]:
@@ -576,6 +757,108 @@ class TaskStore:
                 excess = len(self._finished) - self._max_history
                 if excess > 0:
                     self._evict([self._records[self._finished.pop_oldest()[1]] for _ in range(excess)])
+
+    # -- schedule locks, one-off schedules and metadata (in the file) -----------------------
+
+    def _open_file(self) -> SnapshotDb:
+        """The snapshot file; ``SnapshotError`` without one or once it is closed."""
+        db = self._db
+        if db is None:
+            raise SnapshotError(_NO_FILE) if self._db_path is None else _closed(self._db_path)
+        return db
+
+    def acquire_lock(self, key: str, ttl: float) -> bool:
+        ttl_us = _ttl_micros(ttl)
+        db = self._open_file()
+        now = time_ns() // 1000
+        return db.acquire_lock(key, now, min(now + ttl_us, _I64_MAX))
+
+    def save_scheduled(
+        self,
+        run_key: str,
+        func_name: str,
+        fire_us: int,
+        *,
+        args_json: bytes | None = None,
+        kwargs_json: bytes | None = None,
+        encrypted_payload: bytes | None = None,
+        queue: str = "default",
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        checked = _check_tags(tags)
+        _check_bytes(args_json, kwargs_json, encrypted_payload)
+        db = self._open_file()
+        row = (
+            run_key,
+            func_name,
+            fire_us,
+            time_ns() // 1000,
+            args_json,
+            kwargs_json,
+            encrypted_payload,
+            queue,
+            priority,
+            idempotency_key,
+            dumps(checked or {}).decode(),
+        )
+        db.save_scheduled(row)
+
+    def load_due(self, before_us: int, limit: int = 1_000) -> list[dict[str, object]]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        return [_scheduled_dict(row) for row in self._open_file().load_due(before_us, limit)]
+
+    def delete_scheduled(self, run_key: str) -> bool:
+        return self._open_file().delete_scheduled(run_key)
+
+    def fire_scheduled(
+        self, run_key: str, *, executor: str | None = None, journal: bool = True
+    ) -> tuple[str, bool] | None:
+        db = self._open_file()
+        now = time_ns() // 1000
+        cutoff = self._key_cutoff(now)
+
+        def decide(row: ScheduledRow, on_disk: list[str]) -> tuple[str | Record, RowParts | None]:
+            """The holder of the one-off's key, or its new record with the journal row to write."""
+            key = row[9]
+            if key is not None:
+                holder = self._memory_holder(key, cutoff)
+                if holder is None:
+                    holder = self._disk_holder(on_disk)
+                if holder is not None:
+                    return holder, None
+            tags = _stored_tags(row[10]) or None
+            rec = Record(
+                new_task_id(), row[1], "pending", now, row[7], executor, row[8], "scheduled", tags, key, row[4],
+                row[5], row[6], None,
+            )  # fmt: skip
+            return rec, (rec.row_parts(self._instance_id) if journal and self._persist else None)
+
+        # Keyed creates wait: the key check and the creation span the file write, and the record is
+        # held only after the commit.
+        with self._keyed:
+            made = db.fire(run_key, cutoff, decide)
+            if made is None:
+                return None
+            if isinstance(made, str):
+                return made, False
+            self._add(made, journal, written=True)
+        return made.task_id, True
+
+    def changed_rows(self, after_seq: int, limit: int = 1_000) -> tuple[list[dict[str, object]], int]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        rows = self._open_file().changed_rows(after_seq, limit)
+        changed = [dict(zip(TASK_ROW_KEYS, row[:-1], strict=True)) for row in rows]
+        return changed, (int(rows[-1][-1]) if rows else after_seq)
+
+    def save_metadata(self, key: str, value: str) -> None:
+        self._open_file().save_metadata(key, value)
+
+    def load_metadata(self, key: str) -> str | None:
+        return self._open_file().load_metadata(key)
 
     # -- reads ---------------------------------------------------------------------------
 
