@@ -40,6 +40,7 @@ from fastapi_taskflow import (
     task_log,
 )
 from fastapi_taskflow.errors import SnapshotError
+from fastapi_taskflow.schedule_store import FileSchedules
 from fastapi_taskflow.scheduling_triggers import make_trigger
 
 UTC = timezone.utc
@@ -266,7 +267,10 @@ def test_a_full_queue_rejects_a_tick_and_later_ticks_fire(db: str, caplog: pytes
 
 
 class FailingStore:
-    """The manager's core, except that ``method`` raises ``SnapshotError`` for its first ``failures`` calls."""
+    """The manager's core, except that ``method`` raises ``SnapshotError`` for its first ``failures`` calls.
+
+    Handed to the schedules as their file (``FileSchedules``), as the manager does with its core.
+    """
 
     def __init__(self, core: Any, method: str, failures: int) -> None:
         self._core = core
@@ -290,7 +294,7 @@ class FailingStore:
 def test_a_failing_lock_skips_ticks_and_later_ticks_fire(db: str, caplog: pytest.LogCaptureFixture) -> None:
     manager = TaskManager(snapshot_db=db)
     store = FailingStore(manager.core, "acquire_lock", failures=3)
-    manager.core = store  # type: ignore[assignment]
+    manager.schedules = FileSchedules(store)  # type: ignore[arg-type]
 
     @manager.schedule(every=0.1)
     def beat() -> None: ...
@@ -308,7 +312,7 @@ def test_a_failing_read_of_one_off_runs_is_retried(
     monkeypatch.setattr(scheduling_once, "RETRY_PAUSE", 0.05)
     manager = TaskManager(snapshot_db=db)
     store = FailingStore(manager.core, "load_due", failures=2)
-    manager.core = store  # type: ignore[assignment]
+    manager.schedules = FileSchedules(store)  # type: ignore[arg-type]
     ran = threading.Event()
 
     @manager.task()
@@ -507,7 +511,7 @@ def test_a_run_saved_while_the_file_is_read_stays_armed(db: str) -> None:
         manager.core.save_scheduled("late", "charge", now_us)
         one_offs.saved("late", now_us, now_us)
 
-    manager.core = _SaveDuringRead(manager.core, save)  # type: ignore[assignment]
+    manager.schedules = FileSchedules(_SaveDuringRead(manager.core, save))  # type: ignore[arg-type]
     asyncio.run(one_offs.run_due(now_us))
     # The read returned before the run existed: it must stay armed, due now, so the loop
     # reads again at once instead of at the next refill minutes later.

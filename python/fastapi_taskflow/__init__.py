@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .admin import TaskAdmin
+from .backends import SnapshotBackend, SqliteBackend
 from .errors import TaskArgumentError
 from .loggers import FileLogger, InMemoryLogger, LifecycleEvent, LogEvent, LoggerChain, StdoutLogger, TaskObserver
 from .manager import TaskManager
@@ -33,6 +34,9 @@ __all__ = [  # noqa: RUF022
     "QueueConfig",
     "ScheduledOnce",
     "QueueFullError",
+    "SnapshotBackend",
+    "SqliteBackend",
+    "RedisBackend",
     "TaskArgumentError",
     "TaskObserver",
     "LogEvent",
@@ -45,3 +49,12 @@ __all__ = [  # noqa: RUF022
     "TaskContext",
     "get_task_context",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: the Redis client is an optional extra, and costly to import.
+    if name == "RedisBackend":
+        from .backends import RedisBackend
+
+        return RedisBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,6 +36,7 @@ from .tracing import end_task_span, start_task_span, task_tracer
 if TYPE_CHECKING:
     from ._core import TaskStore
     from .process_executor import ProcessPool
+    from .shared import SharedMode
     from .wrapper import TrackedTask
 
 
@@ -173,6 +174,7 @@ class TaskRunner:
         cipher: ArgumentCipher | None = None,
         on_finished: Callable[[], None] | None = None,
         durable: Callable[[], Awaitable[bool]] | None = None,
+        shared: SharedMode | None = None,
         max_process_workers: int | None = None,
         process_shutdown_timeout: float = 30.0,
     ) -> None:
@@ -192,6 +194,7 @@ class TaskRunner:
         self.cipher = cipher
         self._on_finished = on_finished
         self._durable = durable
+        self._shared = shared
         self._tracer: Any = _UNRESOLVED
         #: The asyncio task running each started task, for cancellation through the API.
         self._running: dict[str, asyncio.Task[Any]] = {}
@@ -244,6 +247,14 @@ class TaskRunner:
                 # A task that must not run twice is marked running on disk before it runs:
                 # after a crash it is then reported interrupted rather than run again.
                 await self._durable()
+            key = task.idempotency_key
+            if key is not None and self._shared is not None:
+                holder = await self._shared.key_holder(key, task_id)
+                if holder is not None and holder != task_id:
+                    # Another instance's task holds the key: this one is that task's duplicate.
+                    store.append_log(task_id, f"not run: idempotency key {key!r} is held by task {holder}")
+                    store.transition(task_id, "success")
+                    return
             args: tuple[Any, ...] = task.args
             kwargs: dict[str, Any] = task.kwargs
             if task.payload is not None:
@@ -443,6 +454,8 @@ class TaskRunner:
         self._store.transition(task.task_id, "failed", error=error, stacktrace=stack)
         self._lifecycle(task, "failed", attempt, duration, error, stack)
         self._retain(task)
+        if task.idempotency_key is not None and self._shared is not None:
+            self._shared.free_key_soon(task.idempotency_key, task.task_id)  # a failed task frees its key
 
     def _retain(self, task: TrackedTask) -> None:
         """Keep the arguments of a task that may be retried (bounded; the oldest go first)."""

@@ -8,6 +8,7 @@ import contextvars
 import inspect
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -19,6 +20,8 @@ from fastapi import BackgroundTasks, FastAPI
 
 from ._selected import core as _core_module
 from .audit import AuditLog
+from .backends.base import SharedBackend
+from .backends.sqlite import SqliteBackend
 from .crypto import ArgumentCipher
 from .durability import DurableAcceptance, journaled_task_accepted
 from .errors import CorruptSnapshotError, SnapshotError
@@ -29,9 +32,11 @@ from .observing import ObserverThread
 from .persistence import SnapshotWriter
 from .queues import QueueFullError, TaskQueue, check_priority
 from .registry import TaskFunc, TaskRegistry, TaskSpec, validate_executor
+from .schedule_store import FileSchedules, ScheduleStore
 from .scheduling import RecurringSchedule, Scheduler
 from .scheduling_once import LIST_WINDOW, require_file, save_once, scheduled_once, to_us
 from .scheduling_triggers import make_trigger
+from .shared import SharedMode
 from .wrapper import ManagedBackgroundTasks, TrackedTask
 
 if TYPE_CHECKING:
@@ -106,13 +111,22 @@ class TaskManager:
         idempotency_ttl: float | None = None,
         on_corrupt_snapshot: Literal["raise", "move_aside"] = "raise",
     ) -> None:
-        unavailable = {
-            "snapshot_backend": snapshot_backend is not None,
-            "instance_url": instance_url is not None,
-        }
-        for argument, is_set in unavailable.items():
-            if is_set:
-                raise _not_yet(f"TaskManager({argument}=...)")
+        if instance_url is not None:
+            # Peers are not asked over HTTP: with a shared backend every instance reads it.
+            raise _not_yet("TaskManager(instance_url=...); share a backend (snapshot_backend=) instead")
+        shared_backend: SharedBackend | None = None
+        if isinstance(snapshot_backend, SqliteBackend):
+            snapshot_db = snapshot_backend.db_path
+        elif isinstance(snapshot_backend, SharedBackend):
+            shared_backend = snapshot_backend
+            if snapshot_db is None:
+                # The local journal (outbox) is required; without a path it lives for this process only.
+                snapshot_db = os.path.join(tempfile.mkdtemp(prefix="taskflow-"), "journal.db")
+        elif snapshot_backend is not None:
+            raise TypeError(
+                "snapshot_backend must be a SqliteBackend, RedisBackend, PostgresBackend or MySQLBackend, "
+                f"got {type(snapshot_backend).__name__}"
+            )
         if snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be positive, got {snapshot_interval!r}")
         if on_corrupt_snapshot not in ("raise", "move_aside"):
@@ -126,6 +140,25 @@ class TaskManager:
             snapshot_db, on_corrupt_snapshot, max_history=max_history, idempotency_ttl=idempotency_ttl
         )
         self.writer = SnapshotWriter(self.core, interval=snapshot_interval) if snapshot_db is not None else None
+        #: With a shared backend: replication, shared schedules and merged reads (see ``shared.py``).
+        self.shared: SharedMode | None = None
+        if shared_backend is not None:
+            assert self.writer is not None  # a shared backend always has a local journal
+            self.shared = SharedMode(
+                self.core,
+                shared_backend,
+                self.writer,
+                lease=float(registry_ttl),
+                heartbeat=float(registry_heartbeat),
+                idempotency_ttl=idempotency_ttl,
+                adopt=self.run_stored,
+            )
+            self.writer.after_write = self.shared.replicator.soon
+            self.writer.retain_with = lambda cutoff: self.delete_history(datetime.fromtimestamp(cutoff, timezone.utc))
+        #: Where schedule locks and one-off runs live: the shared backend, else the file, else nowhere.
+        self.schedules: ScheduleStore | None = (
+            self.shared.schedules if self.shared is not None else FileSchedules(self.core) if self.writer else None
+        )
         self.set_retention_days(retention_days)
         observers = list(loggers or [])
         if log_file is not None:
@@ -147,6 +180,7 @@ class TaskManager:
             cipher=ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None,
             on_finished=self.writer.soon if self.writer is not None else None,
             durable=self.writer.durable if self.writer is not None else None,
+            shared=self.shared,
             max_process_workers=max_process_workers,
             process_shutdown_timeout=process_shutdown_timeout,
         )
@@ -303,7 +337,8 @@ class TaskManager:
     async def cancel_scheduled(self, run_key: str) -> bool:
         """Delete the one-off run ``run_key``; False when there is none (it fired, or never was)."""
         require_file(self, "cancel_scheduled")
-        deleted = await asyncio.to_thread(self.core.delete_scheduled, run_key)
+        assert self.schedules is not None  # require_file
+        deleted = await self.schedules.delete(run_key)
         if self.scheduler.one_offs is not None:
             self.scheduler.one_offs.cancelled(run_key)
         return deleted
@@ -315,14 +350,15 @@ class TaskManager:
             before_us = self.scheduler.now_us() + round(LIST_WINDOW * 1_000_000)
         else:
             before_us = to_us(before, "before")
-        rows = await asyncio.to_thread(self.core.load_due, before_us, LIST_LIMIT)
+        assert self.schedules is not None  # require_file
+        rows = await self.schedules.load_due(before_us, LIST_LIMIT)
         return [scheduled_once(row) for row in rows]
 
     async def schedules_overview(self) -> dict[str, Any]:
         """``{"recurring": [...], "one_off": [...]}``: what ``GET /tasks/schedules`` returns."""
         now_us = self.scheduler.now_us()
         recurring = [schedule.describe(now_us) for schedule in self.scheduler.recurring.values()]
-        one_off = [once.to_dict() for once in await self.list_scheduled()] if self.writer is not None else []
+        one_off = [once.to_dict() for once in await self.list_scheduled()] if self.schedules is not None else []
         return {"recurring": recurring, "one_off": one_off}
 
     def spec_for(self, func: TaskFunc) -> TaskSpec:
@@ -345,9 +381,10 @@ class TaskManager:
         """The writer that journals ``spec``'s tasks, or None when they are not journaled.
 
         Journaled: with a snapshot file, tasks of ``persist=True`` functions, and all
-        tasks with ``requeue_pending=True`` (``persist`` concerns its own function only).
+        tasks with ``requeue_pending=True`` (``persist`` concerns its own function only);
+        with a shared backend, every task (so that other instances see it and take it over).
         """
-        if self.writer is not None and (spec.config.persist or self.requeue_pending):
+        if self.writer is not None and (spec.config.persist or self.requeue_pending or self.shared is not None):
             return self.writer
         return None
 
@@ -454,12 +491,7 @@ class TaskManager:
         writer = self.journal_writer(spec)
         if payload is None:
             args, kwargs, payload = self.encrypt_arguments(args, kwargs)
-        # The common case (neither persistent nor journaled) skips serialisation entirely.
-        args_json, kwargs_json = (
-            self.serialize_arguments(spec, args, kwargs)
-            if (writer is not None or spec.config.persist) and payload is None
-            else (None, None)
-        )
+        args_json, kwargs_json = self._arguments_json(spec, args, kwargs, payload, writer)
         task_id, created = self.core.create(
             spec.name,
             queue=queue,
@@ -476,10 +508,31 @@ class TaskManager:
         )
         if not created:
             return task_id, None
-        task = TrackedTask(self, spec, task_id, args, kwargs, tags or {}, payload, writer is not None, context)
+        task = TrackedTask(
+            self, spec, task_id, args, kwargs, tags or {}, payload, writer is not None, context, idempotency_key
+        )
         if writer is not None:
             journaled_task_accepted(writer)
         return task_id, task
+
+    def _arguments_json(
+        self,
+        spec: TaskSpec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        payload: bytes | None,
+        writer: SnapshotWriter | None,
+    ) -> tuple[bytes | None, bytes | None]:
+        if payload is not None or (writer is None and not spec.config.persist):
+            return None, None  # the common case (neither persistent nor journaled): nothing to store
+        if spec.config.persist or self.requeue_pending:
+            return self.serialize_arguments(spec, args, kwargs)
+        # Journaled only so that other instances see the task: arguments JSON cannot hold
+        # are not stored, and an instance taking it over reports it interrupted, saying so.
+        try:
+            return orjson.dumps(args), orjson.dumps(kwargs)
+        except TypeError:
+            return None, None
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -723,6 +776,8 @@ class TaskManager:
 
     async def delete_history(self, end_before: datetime) -> tuple[int, int]:
         """Delete finished tasks that ended before ``end_before``: ``(from memory, from the file)``."""
+        if self.shared is not None:
+            await self.shared.delete_finished_before(end_before)
         if self.writer is not None:
             return await self.writer.delete_finished_before(end_before.timestamp())
         return self.core.delete_finished_before(int(end_before.timestamp() * 1_000_000))
@@ -803,7 +858,12 @@ class TaskManager:
             queue.start(self._start_job)
         if self.writer is not None:
             self.writer.start()
-            await self._resume_orphans()
+            if self.shared is not None:
+                # Unfinished tasks of stopped instances (an earlier run of this one included)
+                # are handed out by the backend, once their lease has run out.
+                await self.shared.replicator.start()
+            else:
+                await self._resume_orphans()
         self.scheduler.start()
 
     async def _resume_orphans(self) -> None:
@@ -854,6 +914,7 @@ class TaskManager:
             payload,
             journaled=True,
             context=contextvars.Context(),
+            idempotency_key=key if isinstance(key := record.get("idempotency_key"), str) else None,
         )
         if self._queues:
             priority = record.get("priority")
@@ -891,6 +952,8 @@ class TaskManager:
         await asyncio.gather(*self._queue_config_writes, return_exceptions=True)
         if self.writer is not None:
             await self.writer.stop()
+        if self.shared is not None:
+            await self.shared.replicator.stop()
         self.runner.shutdown()
         if self.runner.observers is not None:
             await asyncio.to_thread(self.runner.observers.stop)

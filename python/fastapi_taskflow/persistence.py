@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 from .errors import SnapshotError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ._core import TaskStore
 
 logger = logging.getLogger("fastapi_taskflow")
@@ -58,6 +60,11 @@ class SnapshotWriter:
         self._next_retention = 0.0
         #: Transactions that wrote at least one record (for tests and diagnostics).
         self.writes = 0
+        #: Called after each write of at least one record (the replicator pushes them on).
+        self.after_write: Callable[[], None] | None = None
+        #: What a retention pass calls with its cutoff (epoch seconds), when more than the file
+        #: keeps history (a shared backend); by default ``delete_finished_before``.
+        self.retain_with: Callable[[float], Awaitable[object]] | None = None
 
     @property
     def running(self) -> bool:
@@ -144,7 +151,10 @@ class SnapshotWriter:
             if self._failures:
                 logger.warning("fastapi_taskflow: snapshot writes work again after %d failures", self._failures)
             self._failures = 0
-            self.writes += written > 0
+            if written > 0:
+                self.writes += 1
+                if self.after_write is not None:
+                    self.after_write()
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(written is not None)
@@ -154,8 +164,9 @@ class SnapshotWriter:
         if self._retention_days is None or time.monotonic() < self._next_retention:
             return
         self._next_retention = time.monotonic() + RETENTION_PERIOD
+        delete = self.retain_with or self.delete_finished_before
         with contextlib.suppress(SnapshotError):  # logged; the next pass tries again
-            await self.delete_finished_before(time.time() - self._retention_days * 86_400)
+            await delete(time.time() - self._retention_days * 86_400)
 
     async def delete_finished_before(self, cutoff: float) -> tuple[int, int]:
         """Delete finished records that ended before ``cutoff`` (epoch seconds), memory and file.

@@ -113,6 +113,10 @@ def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | N
             )
         except ValueError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
+        if manager.shared is not None:  # the tasks of every instance
+            body, next_cursor = await manager.shared.page_json(
+                (body, next_cursor), status=status_value, func_name=name, limit=limit, cursor=cursor, tag=tag
+            )
         return _json(body, {NEXT_CURSOR_HEADER: next_cursor} if next_cursor else None)
 
     @router.get("/metrics", summary="Counts, success rate and durations (JSON or OpenMetrics text)")
@@ -125,7 +129,10 @@ def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | N
     ) -> Response:
         if _wants_openmetrics(output, request.headers.get("accept", "")):
             return Response(content=core.metrics_prometheus(), media_type=OPENMETRICS_MEDIA_TYPE)
-        return _json(core.metrics_json())
+        body = core.metrics_json()
+        if manager.shared is not None:  # the health of the shared backend, as a last key
+            body = b'%s,"backend":%s}' % (body[:-1], orjson.dumps(manager.shared.health()))
+        return _json(body)
 
     # The fixed paths come before "/{task_id}", which would otherwise take them as ids.
 
@@ -215,6 +222,8 @@ def create_task_router(manager: TaskManager, dependencies: Sequence[Depends] | N
     @router.get("/{task_id}", summary="One task")
     async def get_task(task_id: str) -> Response:
         body = await read(lambda: core.get_json(task_id))
+        if body is None and manager.shared is not None:  # a task of another instance
+            body = await manager.shared.get_json(task_id)
         if body is None:
             raise HTTPException(status_code=404, detail="Task not found")
         return _json(body)

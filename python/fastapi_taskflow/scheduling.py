@@ -89,7 +89,7 @@ class Scheduler:
         self._manager = manager
         self.clock = clock
         self.recurring: dict[str, RecurringSchedule] = {}
-        self.one_offs = OneOffs(manager) if manager.writer is not None else None
+        self.one_offs = OneOffs(manager) if manager.schedules is not None else None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = False
@@ -177,8 +177,8 @@ class Scheduler:
         """Create and dispatch the schedule's task for ``tick``, unless another process took its lock."""
         manager = self._manager
         try:
-            if manager.writer is not None:
-                if not await asyncio.to_thread(manager.core.acquire_lock, lock_key, lock_ttl):
+            if manager.schedules is not None:
+                if not await manager.schedules.acquire_lock(lock_key, lock_ttl):
                     schedule.last_us = tick  # another process sharing the file fired it
                     return
             spec = schedule.spec

@@ -10,7 +10,6 @@ and a crash right after the firing leaves a journaled task that the next start r
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from .queues import check_priority
 if TYPE_CHECKING:
     from .manager import TaskManager
     from .registry import TaskFunc
+    from .schedule_store import ScheduleStore
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -43,8 +43,8 @@ BATCH = 1_000
 
 
 def require_file(manager: TaskManager, what: str) -> None:
-    """One-off runs live in the snapshot file: refuse ``what`` without one."""
-    if manager.writer is None:
+    """One-off runs live in the snapshot file or the shared backend: refuse ``what`` without either."""
+    if manager.schedules is None:
         raise RuntimeError(
             f"{what} needs a snapshot file to keep one-off runs in: "
             "create the manager with TaskManager(snapshot_db='tasks.db')"
@@ -123,8 +123,8 @@ async def save_once(
         else (None, None)
     )
     config = spec.config
-    await asyncio.to_thread(
-        manager.core.save_scheduled,
+    assert manager.schedules is not None  # require_file
+    await manager.schedules.save(
         run_key,
         spec.name,
         fire_us,
@@ -149,6 +149,12 @@ class OneOffs:
         self._next_read_us = 0
         #: After a failed read: no read before this time (so a due run does not spin the loop).
         self._not_before_us = 0
+
+    @property
+    def _store(self) -> ScheduleStore:
+        store = self._manager.schedules
+        assert store is not None  # the manager makes a OneOffs only when it has a store
+        return store
 
     @property
     def armed(self) -> int:
@@ -179,7 +185,7 @@ class OneOffs:
             return
         armed_before = dict(self._armed)
         try:
-            rows = await asyncio.to_thread(self._manager.core.load_due, now_us + int(HORIZON * _US), BATCH)
+            rows = await self._store.load_due(now_us + int(HORIZON * _US), BATCH)
         except Exception as exc:
             # Logged and tried again shortly; the runs stay in the file meanwhile.
             logger.error("fastapi_taskflow: cannot read the one-off runs now, trying again shortly: %s", exc)
@@ -205,9 +211,7 @@ class OneOffs:
         run_key, func_name = str(row["run_key"]), str(row["func_name"])
         spec = manager.spec_named(func_name)
         try:
-            fired = await asyncio.to_thread(
-                manager.core.fire_scheduled, run_key, executor=spec.executor if spec else None, journal=True
-            )
+            fired = await self._store.fire(run_key, spec.executor if spec else None)
             if fired is None:
                 return True  # taken by another process, or cancelled meanwhile
             task_id, created = fired

@@ -35,6 +35,7 @@ class TrackedTask(BackgroundTask):
         payload: bytes | None = None,
         journaled: bool = False,
         context: contextvars.Context | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         # BackgroundTask.__init__ is skipped on purpose: it inspects the function on
         # every call, and our spec already knows how the function runs.
@@ -48,6 +49,7 @@ class TrackedTask(BackgroundTask):
         self.payload = payload
         self.journaled = journaled
         self.context = contextvars.copy_context() if context is None else context
+        self.idempotency_key = idempotency_key
         self._runner = manager.runner
 
     async def __call__(self) -> None:

@@ -12,6 +12,10 @@ import importlib
 from typing import TYPE_CHECKING
 
 from .base import BackendError, ScheduledRow, SharedBackend, TaskRow
+from .sqlite import SqliteBackend
+
+#: The name fastapi_taskflow 0.12.1 gives the backend base class.
+SnapshotBackend = SharedBackend
 
 if TYPE_CHECKING:
     from .mysql import MySQLBackend
@@ -25,6 +29,8 @@ __all__ = [
     "RedisBackend",
     "ScheduledRow",
     "SharedBackend",
+    "SnapshotBackend",
+    "SqliteBackend",
     "TaskRow",
 ]
 

@@ -135,9 +135,16 @@ class SharedBackend(ABC):
     #: ``"redis"``, ``"postgres"`` or ``"mysql"``.
     kind: str
 
-    def __init__(self, url: str, driver_errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(self, url: str, driver_errors: tuple[type[BaseException], ...], namespace: str = "") -> None:
         self._url = url
         self._driver_errors = driver_errors
+        self._namespace = namespace
+
+    @property
+    def identity(self) -> str:
+        """Which shared state this is (kind, server, namespace; no password): what an instance
+        remembers it has pushed its rows to."""
+        return f"{self.kind} {redact(self._url)} {self._namespace}".rstrip()
 
     @contextmanager
     def _failing(self, doing: str) -> Iterator[None]:

@@ -363,6 +363,12 @@ class MySQLBackend(SharedBackend):
             )
             rows = [_task_row(row) for row in await cursor.fetchall()]
             if rows:
+                # Read the leases again now that the rows are ours: an instance that started and
+                # claimed some of them after the first read is alive, and keeps what it took.
+                await cursor.execute(f"SELECT instance_id FROM taskflow_instances WHERE expires_us > {_NOW_US}")
+                alive = {instance_id, *(owner for (owner,) in await cursor.fetchall())}
+                rows = [row for row in rows if row["owner"] not in alive]
+            if rows:
                 ids = [row["task_id"] for row in rows]
                 await cursor.execute(
                     f"UPDATE taskflow_history SET owner = %s WHERE task_id IN {_in(ids)}", [instance_id, *ids]

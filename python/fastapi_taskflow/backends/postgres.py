@@ -124,7 +124,7 @@ class PostgresBackend(SharedBackend):
                 raise ValueError("PostgresBackend needs a url or a pool")
             # What errors name: the pool's conninfo, unless it is a function that makes one.
             url = pool.conninfo if isinstance(pool.conninfo, str) else f"pool {pool.name}"
-        super().__init__(url, (psycopg.Error, OSError))
+        super().__init__(url, (psycopg.Error, OSError), schema)
         self._given_pool = pool
         self._pool: Pool | None = None
         self._min_conn = min_conn
@@ -328,16 +328,27 @@ class PostgresBackend(SharedBackend):
 
     async def claim_orphans(self, instance_id: str, limit: int = 1000) -> list[TaskRow]:
         check_limit(limit)
-        # SKIP LOCKED: concurrent claimants each lock a disjoint set of rows instead of waiting for
-        # one another; a row locked by one is invisible to the others, so no row is taken twice.
-        sql = (
-            f"UPDATE {self._history} AS h SET owner = %s FROM (SELECT o.task_id FROM {self._history} AS o"
-            " WHERE o.owner IS NOT NULL AND o.owner <> %s AND NOT EXISTS (SELECT 1 FROM"
-            f" {self._instances} AS i WHERE i.instance_id = o.owner AND i.expires_us > {_NOW_US})"
-            " LIMIT %s FOR UPDATE SKIP LOCKED) AS claimed WHERE h.task_id = claimed.task_id"
-            f" RETURNING {', '.join(f'h.{column}' for column in TASK_COLUMNS)}"
+        orphaned = (
+            "owner IS NOT NULL AND owner <> %s AND NOT EXISTS (SELECT 1 FROM"
+            f" {self._instances} AS i WHERE i.instance_id = owner AND i.expires_us > {_NOW_US})"
         )
-        rows = await self._fetch("claim orphaned task rows", sql, (instance_id, instance_id, limit))
+        # SKIP LOCKED: concurrent claimants each lock a disjoint set of rows instead of waiting
+        # for one another.
+        lock = f"SELECT task_id FROM {self._history} WHERE {orphaned} LIMIT %s FOR UPDATE SKIP LOCKED"
+        # Then, the rows being ours, the same test again in a statement of its own (a fresh
+        # snapshot): an instance whose lease and claim both committed after the first statement
+        # began would otherwise look dead to it, and its rows be taken a second time.
+        take = (
+            f"UPDATE {self._history} SET owner = %s WHERE task_id = ANY(%s) AND {orphaned}"
+            f" RETURNING {', '.join(TASK_COLUMNS)}"
+        )
+        async with self._connection("claim orphaned task rows") as conn:
+            cursor = await conn.execute(lock, (instance_id, limit))
+            locked = [task_id for (task_id,) in await cursor.fetchall()]
+            if not locked:
+                return []
+            cursor = await conn.execute(take, (instance_id, locked, instance_id))
+            rows = await cursor.fetchall()
         return oldest_first([as_task_row(row) for row in rows])
 
     # Schedules.

@@ -116,7 +116,7 @@ class RedisBackend(SharedBackend):
             raise missing_driver("RedisBackend", "redis", _MISSING)
         if client_kwargs.get("decode_responses"):
             raise ValueError("RedisBackend stores bytes; decode_responses must be False")
-        super().__init__(url, (RedisError, OSError))
+        super().__init__(url, (RedisError, OSError), prefix)
         self._client_kwargs = client_kwargs
         self._ttl_us = None if ttl is None else round(ttl * 1_000_000)
         self._client: aioredis.Redis | None = None
