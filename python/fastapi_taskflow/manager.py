@@ -154,6 +154,9 @@ class TaskManager:
                 adopt=self.run_stored,
             )
             self.writer.after_write = self.shared.replicator.soon
+            # Accepted and started tasks must reach the backend, not only this file, before the
+            # response leaves or the function runs: another instance may have to take them over.
+            self.writer.durable_beyond = self.shared.replicator.pushed
             self.writer.retain_with = lambda cutoff: self.delete_history(datetime.fromtimestamp(cutoff, timezone.utc))
         #: Where schedule locks and one-off runs live: the shared backend, else the file, else nowhere.
         self.schedules: ScheduleStore | None = (
@@ -198,6 +201,9 @@ class TaskManager:
         self._warned_not_started = False
         #: Fires ``@schedule`` functions and, with a snapshot file, one-off runs.
         self.scheduler = Scheduler(self)
+        if self.shared is not None and self.scheduler.one_offs is not None:
+            # Other instances save runs too: read them every heartbeat, not every few minutes.
+            self.scheduler.one_offs.refill_interval = float(registry_heartbeat)
         #: Serialises writes of the queue limits, so that the last write holds the latest limits.
         self._queue_configs_lock = threading.Lock()
         self._queue_config_writes: set[asyncio.Future[None]] = set()

@@ -62,6 +62,9 @@ class SnapshotWriter:
         self.writes = 0
         #: Called after each write of at least one record (the replicator pushes them on).
         self.after_write: Callable[[], None] | None = None
+        #: Awaited after each durable write, when durable means more than this file (a shared
+        #: backend that must hold the rows too, so that another instance can take them over).
+        self.durable_beyond: Callable[[], Awaitable[object]] | None = None
         #: What a retention pass calls with its cutoff (epoch seconds), when more than the file
         #: keeps history (a shared backend); by default ``delete_finished_before``.
         self.retain_with: Callable[[float], Awaitable[object]] | None = None
@@ -106,11 +109,15 @@ class SnapshotWriter:
         Without a running writer (before start-up, after shutdown) the write happens here.
         """
         if self._wake is None:
-            return await self.write_now() is not None
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self._wake.set()
-        return await waiter
+            written = await self.write_now() is not None
+        else:
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            self._wake.set()
+            written = await waiter
+        if written and self.durable_beyond is not None:
+            await self.durable_beyond()
+        return written
 
     async def _run(self, wake: asyncio.Event) -> None:
         written: int | None = 0

@@ -74,6 +74,8 @@ class Replicator:
         self._last_error: str | None = None
         self._last_push_at: float | None = None
         self._opened = False
+        # Made anew by each start(): an asyncio lock belongs to the loop that first waits on it.
+        self._push_lock = asyncio.Lock()
 
     @property
     def backend(self) -> SharedBackend:
@@ -95,6 +97,7 @@ class Replicator:
         A backend that does not answer within ``STOP_TIMEOUT`` does not hold up the start:
         the loop keeps trying, and reads serve this instance's tasks meanwhile.
         """
+        self._push_lock = asyncio.Lock()
         if not self._opened:
             try:
                 await asyncio.wait_for(self._backend.open(), STOP_TIMEOUT)
@@ -109,6 +112,22 @@ class Replicator:
         """Ask for a push now (after a local write), instead of at the next heartbeat."""
         if self._wake is not None:
             self._wake.set()
+
+    async def pushed(self) -> bool:
+        """Push what the file holds now; True once the backend has it.
+
+        False at once while the backend is failing (the loop keeps retrying): a request
+        then does not wait for it, and its tasks wait in the file instead.
+        """
+        if self._failures or not self._opened:
+            return False
+        try:
+            await self._push_all()
+        except BackendError as exc:
+            self._failed(exc)
+            self.soon()
+            return False
+        return True
 
     async def stop(self) -> None:
         """Push what is left (for at most ``STOP_TIMEOUT``), give up the lease, close the backend."""
@@ -156,6 +175,12 @@ class Replicator:
         await self._push_all()
 
     async def _push_all(self) -> None:
+        # One push at a time: concurrent ones would send the same rows and could move the
+        # stored watermark backwards.
+        async with self._push_lock:
+            await self._push_unlocked()
+
+    async def _push_unlocked(self) -> None:
         if self._watermark is None:
             stored = await asyncio.to_thread(self._core.load_metadata, self._watermark_key)
             self._watermark = int(stored) if stored is not None else 0

@@ -144,6 +144,8 @@ class OneOffs:
 
     def __init__(self, manager: TaskManager) -> None:
         self._manager = manager
+        #: Seconds between two reads of the runs due within the horizon.
+        self.refill_interval = REFILL_INTERVAL
         #: run_key -> fire time (µs) of the runs due within the horizon, as last read or saved here.
         self._armed: dict[str, int] = {}
         self._next_read_us = 0
@@ -195,7 +197,7 @@ class OneOffs:
         times = [cast("int", row["fire_us"]) for row in rows]
         # A full batch of due runs may hide more: read again right after firing these.
         more_due = len(rows) >= BATCH and times[-1] <= now_us
-        self._next_read_us = now_us if more_due else now_us + int(REFILL_INTERVAL * _US)
+        self._next_read_us = now_us if more_due else now_us + int(self.refill_interval * _US)
         # Runs saved here while the file was read may be missing from what it returned: they
         # stay armed (a due one makes the loop read again at once).
         saved_meanwhile = {key: at for key, at in self._armed.items() if armed_before.get(key) != at}

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "FINISHED",
     "SCHEDULED_COLUMNS",
     "STATUSES",
@@ -87,6 +88,9 @@ class ScheduledRow(TypedDict):
 #: Column names in storage order (the TypedDicts' key order).
 TASK_COLUMNS: Final[tuple[str, ...]] = tuple(TaskRow.__annotations__)
 SCHEDULED_COLUMNS: Final[tuple[str, ...]] = tuple(ScheduledRow.__annotations__)
+
+#: Seconds a backend waits for a connection (or a reply to a connect) before its call fails.
+CONNECT_TIMEOUT: Final = 5.0
 
 STATUSES: Final[tuple[str, ...]] = tuple(status.value for status in TaskStatus)
 #: The statuses a task never leaves; retention and ``delete`` remove only rows in one of them.

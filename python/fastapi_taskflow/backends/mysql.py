@@ -29,7 +29,7 @@ from ._rows import (
     row_values,
 )
 from ._sql import DELETE_BATCH, FINISHED_SQL, page_query, tag_rows
-from .base import SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, SharedBackend, TaskRow
+from .base import CONNECT_TIMEOUT, SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, SharedBackend, TaskRow
 
 try:
     import aiomysql  # type: ignore[import-untyped]
@@ -160,7 +160,8 @@ class MySQLBackend(SharedBackend):
                 autocommit=True,
                 init_command=_SESSION,
                 cursorclass=Cursor,
-                **self._arguments,
+                # A bounded connect unless the URL sets one: a call fails in seconds when the server is down.
+                **{"connect_timeout": CONNECT_TIMEOUT, **self._arguments},
             )
             try:
                 async with pool.acquire() as conn, conn.cursor() as cursor:

@@ -23,7 +23,7 @@ from ._rows import (
     row_values,
 )
 from ._sql import DELETE_BATCH, FINISHED_SQL, page_query, tag_rows
-from .base import SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, SharedBackend, TaskRow
+from .base import CONNECT_TIMEOUT, SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, SharedBackend, TaskRow
 
 try:
     import psycopg
@@ -156,7 +156,11 @@ class PostgresBackend(SharedBackend):
             # pool would keep retrying in the background until its timeout.
             async with await psycopg.AsyncConnection.connect(self._url) as conn:
                 await self._create_schema(conn)
-            pool: Pool = AsyncConnectionPool(self._url, min_size=self._min_conn, max_size=self._max_conn, open=False)
+            # A bounded wait for a connection: with the server down, a call fails in seconds
+            # (and the caller serves what it has) instead of psycopg_pool's default 30 s.
+            pool: Pool = AsyncConnectionPool(
+                self._url, min_size=self._min_conn, max_size=self._max_conn, open=False, timeout=CONNECT_TIMEOUT
+            )
             await pool.open()
             self._pool = pool
 

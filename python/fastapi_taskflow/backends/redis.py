@@ -23,7 +23,16 @@ from ._rows import (
     tag_digest,
     tags_of,
 )
-from .base import FINISHED, SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, SharedBackend, TaskRow
+from .base import (
+    CONNECT_TIMEOUT,
+    FINISHED,
+    SCHEDULED_COLUMNS,
+    STATUSES,
+    TASK_COLUMNS,
+    ScheduledRow,
+    SharedBackend,
+    TaskRow,
+)
 
 try:
     import redis.asyncio as aioredis
@@ -142,7 +151,7 @@ class RedisBackend(SharedBackend):
     async def open(self) -> None:
         if self._client is not None:
             return
-        client = aioredis.from_url(self._url, **self._client_kwargs)
+        client = aioredis.from_url(self._url, **{"socket_connect_timeout": CONNECT_TIMEOUT, **self._client_kwargs})
         scripts = {name: client.register_script(source) for name, source in lua.SCRIPTS.items()}
         try:
             with self._failing("connect"):
