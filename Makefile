@@ -11,7 +11,7 @@ $(DEPS): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "maturin>=1.9.4,<2" fastapi python-multipart orjson \
-		pytest pytest-timeout anyio httpx httpx2 hypothesis cryptography opentelemetry-sdk uvicorn pytest-benchmark ruff mypy prometheus_client playwright cloudpickle croniter redis "psycopg[binary]" psycopg-pool aiomysql
+		pytest pytest-timeout anyio httpx httpx2 hypothesis cryptography opentelemetry-sdk uvicorn pytest-benchmark ruff mypy prometheus_client playwright cloudpickle croniter "redis[hiredis]" "psycopg[binary]" psycopg-pool aiomysql
 	touch $@
 
 venv: $(DEPS)

@@ -1,7 +1,9 @@
 """``make bench``: runs the workload once per variant, each in its own process, and prints one report.
 
 The core is chosen at import time, so every variant gets a fresh interpreter. The report
-goes to stdout and, for a full run, to ``benches/results.md``.
+goes to stdout and, for a full run, to ``benches/results.md``. Its last section (shared
+backends, ``backends.py``) runs in one more process, on the Rust core; ``--only`` runs one
+section alone (the report is then printed only).
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+import backends
 from compare import Results, render
 from machine import commit, describe
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = HERE / "workload.py"
+BACKENDS = HERE / "backends.py"
+#: What ``--only`` can pick: the core workload (sections 1-7), or the shared backends (section 8).
+SECTIONS = ("workload", "backends")
 RESULTS_FILE = HERE / "results.md"
 #: Variant -> value of FASTAPI_TASKFLOW_CORE (None: the variant does not import the package).
 VARIANTS: dict[str, str | None] = {"starlette": None, "rust": "rust", "python": "python"}
@@ -44,12 +50,11 @@ METHOD = (
 )
 
 
-def machine() -> str:
-    return (
-        f"## fastapi_taskflow benchmarks ({datetime.date.today().isoformat()}, {commit()})\n\n"
-        f"Machine: {describe()}.\n"
-        f"{METHOD}"
-    )
+def machine(method: bool = True) -> str:
+    """The report's heading, the machine and (unless only section 8 runs) how sections 1-7 measure."""
+    today = datetime.date.today().isoformat()
+    header = f"## fastapi_taskflow benchmarks ({today}, {commit()})\n\nMachine: {describe()}."
+    return f"{header}\n{METHOD}" if method else header
 
 
 def run_variant(variant: str, core: str | None, quick: bool) -> Results:
@@ -68,6 +73,21 @@ def run_variant(variant: str, core: str | None, quick: bool) -> Results:
     return results
 
 
+def run_backends(quick: bool) -> str:
+    """Section 8, measured in a process of its own on the Rust core; a failed process is reported, not raised."""
+    env = dict(os.environ, FASTAPI_TASKFLOW_CORE="rust")
+    command = [sys.executable, str(BACKENDS), "--json", *(["--quick"] if quick else [])]
+    scale = backends.QUICK if quick else backends.FULL
+    started = time.monotonic()
+    # stderr is not captured: the per-backend progress lines and any traceback show as they come.
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+    print(f"backends: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    if done.returncode != 0:
+        print(f"backends failed (exit {done.returncode})", file=sys.stderr)
+        return backends.render(None, scale)
+    return backends.render(json.loads(done.stdout)["results"], scale)
+
+
 def best(rounds: list[Results]) -> Results:
     """Per number, the best of the rounds (lowest time, highest rate): neighbours only ever slow a run down."""
     done = [r for r in rounds if r is not None]
@@ -82,16 +102,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test; results.md is kept")
     parser.add_argument("--rounds", type=int, default=2, help="processes per variant, run in alternation")
+    parser.add_argument(
+        "--only", choices=SECTIONS, help="run one section: the workload (1-7) or the shared backends (8); prints only"
+    )
     args = parser.parse_args()
+    quick = " (--quick: smaller sizes than stated)" if args.quick else ""
+    if args.only == "backends":
+        print(machine(method=False) + "\n\n" + run_backends(args.quick))  # the section states its own sizes
+        return
     rounds: dict[str, list[Results]] = {variant: [] for variant in VARIANTS}
     for _ in range(args.rounds):
         for variant, core in VARIANTS.items():
             rounds[variant].append(run_variant(variant, core, args.quick))
     results = {variant: best(runs) for variant, runs in rounds.items()}
-    header = machine() + (" (--quick: smaller sizes than stated)" if args.quick else "")
-    report = render(results, header)
+    report = render(results, machine() + quick)
+    if args.only is None:
+        report += "\n" + run_backends(args.quick) + "\n"
     print(report)
-    if not args.quick:
+    if not args.quick and args.only is None:
         RESULTS_FILE.write_text(report)
 
 
