@@ -29,7 +29,8 @@ Conventions shared by both cores:
   with a file holds an exclusive OS lock (``flock`` on POSIX, ``LockFileEx`` on
   Windows) on the file ``<db_path>.owners/<instance_id>`` from open until
   ``close()`` or the death of its process; a row whose owner's lock file can be
-  locked, or is missing, is an orphan that ``claim_orphans()`` may take.
+  locked, or is missing, is an orphan that ``claim_orphans()`` may take
+  (``adopt()`` does not look at the lock: a shared backend decided already).
 * Schema version 3 (both cores, identical SQL) adds to ``task_history`` the
   columns ``owner TEXT``, ``encrypted_payload BLOB`` and ``retry_of TEXT`` and the
   partial indexes ``task_history_owner(owner) WHERE owner IS NOT NULL``,
@@ -125,9 +126,13 @@ class TaskStore:
     ) -> Self:
         """Create an empty store, or open (creating if needed) the snapshot file.
 
-        Opening creates or migrates the schema, switches to WAL, and rebuilds the
-        metrics from the finished records on disk; no record is loaded into
-        memory. ``max_history`` bounds how many finished records stay in memory;
+        Opening switches the file to WAL, creates or migrates the schema, and
+        rebuilds the metrics from the records on disk; no record is loaded into
+        memory. Processes opening one file together (a new one included) wait
+        for each other, up to the 5 s busy timeout: the WAL switch retries
+        while another process holds the file, and each migration step is one
+        ``BEGIN IMMEDIATE`` transaction that checks the stored version first,
+        so exactly one opener applies it. ``max_history`` bounds how many finished records stay in memory;
         ``ring_capacity`` how many events the ring keeps; ``max_log_lines`` how
         many log lines one record keeps (the oldest are dropped first).
         ``idempotency_ttl`` (seconds, None = forever) is how long an idempotency
@@ -419,7 +424,7 @@ class TaskStore:
         """
 
     def adopt(self, rows: list[dict[str, object]]) -> list[dict[str, object]]:
-        """Take over unfinished rows of another instance (row dicts, see the module docstring).
+        """Take over unfinished rows of dead instances (row dicts, see the module docstring).
 
         Every row is checked before anything happens, and the first problem
         found is raised; then nothing is adopted. First the keys of each row in
@@ -433,17 +438,34 @@ class TaskStore:
         running, a negative ``retries_used`` or ``logs_dropped``, a
         ``logs_json`` that is not a JSON array of strings or a ``tags_json``
         that is not a JSON object of strings. Otherwise, in one write
-        transaction, each row whose id is
-        neither in memory nor in the file (nor earlier in ``rows``) is inserted
-        as a journal row owned by this store's ``instance_id``, with its tags and
-        a new ``sync_seq`` (the given ``owner`` is not kept; logs and tags are
-        written as the record holds them, in compact JSON). Those records are
-        then held in memory as journaled records with their stored status,
-        fields, logs (bounded by ``max_log_lines``), tags and arguments, as
-        ``claim_orphans()`` holds its rows, but counted in the metrics as
-        records created by this store (``total`` and their status), each with
-        a ``created`` event carrying its status. Returns their ``get()`` dicts,
-        oldest first (by ``(created_us, task_id)``); ids skipped are left out.
+        transaction (``BEGIN IMMEDIATE``), each row whose id is neither in
+        memory nor earlier in ``rows`` is decided by the file's row of that id:
+
+        * none: the given row is inserted as a journal row owned by this
+          store's ``instance_id``, with its tags (the given ``owner`` is not
+          kept; logs and tags are written as the record holds them, in compact
+          JSON);
+        * an unfinished row (pending or running) whose ``owner`` is not this
+          store's ``instance_id`` (another store's, a closed store's such as an
+          earlier run on this file, or NULL): it is taken over, and the given
+          row is ignored: the file's row, at least as fresh as the backend's
+          copy of a row this file wrote, becomes a journal row owned by this
+          store, its values as read (as ``get()`` reads them). The owner lock
+          is not consulted (the caller, a shared backend, found the owner
+          dead);
+        * any other row (finished, of a status this version does not know, or
+          owned by this store): skipped, and left as it is.
+
+        Every row written gets a new ``sync_seq`` (see the outbox). The
+        records written are then held in memory as journaled records with
+        their stored status, fields, logs (bounded by ``max_log_lines``; the
+        row keeps every line), tags and arguments, as ``claim_orphans()``
+        holds its rows, each with a ``created`` event carrying its status. Inserted ones are counted in the metrics as
+        records created by this store (``total`` and their status); taken-over
+        ones leave the metrics as they are, as claimed rows do (open counted
+        the file's rows). Returns their ``get()`` dicts, oldest first (by
+        ``(created_us, task_id)``, the file's for a row taken over); ids
+        skipped are left out.
         """
 
     def save_metadata(self, key: str, value: str) -> None:

@@ -7,11 +7,11 @@
 //! other's files. One writer and one reader connection, each behind its own lock, so reads
 //! proceed while a flush writes (WAL).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{
@@ -274,6 +274,16 @@ pub(crate) struct Claim {
     pub(crate) dead_owners: Vec<String>,
 }
 
+/// What one adoption made this store's.
+#[derive(Default)]
+pub(crate) struct Adoption {
+    /// The records whose rows the adopter now owns, oldest first: those inserted as given,
+    /// and those taken over as the file held them.
+    pub(crate) records: Vec<(u128, Record)>,
+    /// The ids of the records taken over (their rows were in the file already).
+    pub(crate) taken_over: HashSet<u128>,
+}
+
 /// Filters and position of one page read.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct PageQuery<'a> {
@@ -389,12 +399,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How long a statement waits for another connection's lock before it fails with "database
+/// is locked". Twin: `BUSY_TIMEOUT` in `_pycore/snapshot.py`.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+/// The longest pause between two attempts of [`switch_to_wal`].
+const WAL_RETRY_PAUSE_MAX: Duration = Duration::from_millis(20);
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_millis(5000))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", CACHE_KIB)?;
     conn.pragma_update(None, "mmap_size", MMAP_BYTES)
+}
+
+/// Switches the file to WAL mode; returns the journal mode it is in afterwards.
+///
+/// On a file still in rollback mode (a new one), the switch reads the header under a shared
+/// lock and then upgrades it to a write lock; SQLite fails that upgrade at once instead of
+/// calling the busy handler, because two connections each holding a shared lock and
+/// waiting for the other's would wait forever. So when several processes open a new file
+/// together, all but one get "database is locked" here: they retry, backing off, for as long
+/// as the busy timeout would have waited. Once the file is in WAL mode the switch writes
+/// nothing and cannot meet that case. Twin: `_switch_to_wal` in `_pycore/snapshot.py`.
+fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)) {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(WAL_RETRY_PAUSE_MAX);
+            }
+            done => return done,
+        }
+    }
 }
 
 /// The stored schema version (0 for an empty file), or `None` for a SQLite file of
@@ -677,6 +720,20 @@ fn key_holders_in(
     rows.filter_map(Result::transpose).collect()
 }
 
+/// The record of a stored row that `adopt` takes over for `me`: an unfinished row owned by
+/// anyone else. The file's row, not the one the backend handed out: a row this file wrote is
+/// at least as fresh here as in the backend (the backend only holds what was replicated of
+/// it). A row this store owns is its own already; a finished row is done.
+fn take_over(row: TaskRow, me: &str) -> Option<Record> {
+    if row.owner.as_deref() == Some(me) {
+        return None;
+    }
+    match Status::parse(&row.status)? {
+        status @ (Status::Pending | Status::Running) => Some(row.into_record_as(status).record),
+        _ => None,
+    }
+}
+
 /// See [`SYNC_SEQ_HIGH`].
 fn sync_seq_high(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
     tx.prepare_cached(SYNC_SEQ_HIGH)?
@@ -752,9 +809,7 @@ impl Snapshot {
         let mut writer = Connection::open(path).map_err(|e| describe_open(path, "open", &e))?;
         configure(&writer).map_err(|e| describe_open(path, "open", &e))?;
         if !in_memory {
-            let mode: String = writer
-                .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-                .map_err(|e| describe_open(path, "open", &e))?;
+            let mode = switch_to_wal(&writer).map_err(|e| describe_open(path, "open", &e))?;
             if !mode.eq_ignore_ascii_case("wal") {
                 return Err(CoreError::Snapshot(format!(
                     "{path}: cannot switch the snapshot database to WAL mode (it stays in {mode:?} mode); \
@@ -967,31 +1022,40 @@ impl Snapshot {
         })
     }
 
-    /// Inserts `records` as journal rows owned by `owner`, in one transaction, except those
-    /// whose id has a row already; returns the ones inserted.
-    pub(crate) fn adopt(
-        &self,
-        records: Vec<(u128, Record)>,
-        owner: &str,
-    ) -> CoreResult<Vec<(u128, Record)>> {
+    /// Makes `records` journal rows owned by `owner`, in one transaction: an id without a row
+    /// is inserted; an id whose row is unfinished and owned by anyone else is taken over, the
+    /// file's row (not the given one) rewritten as `owner`'s; any other id is left alone.
+    pub(crate) fn adopt(&self, records: Vec<(u128, Record)>, owner: &str) -> CoreResult<Adoption> {
         if records.is_empty() {
-            return self.ensure_open().map(|()| Vec::new());
+            return self.ensure_open().map(|()| Adoption::default());
         }
+        let sql = format!("SELECT {COLUMNS} FROM task_history WHERE task_id = ?1");
         self.in_write_tx("adopt rows into", |tx| {
-            let mut fresh = Vec::with_capacity(records.len());
+            let mut adoption = Adoption::default();
             {
-                let mut exists =
-                    tx.prepare_cached("SELECT 1 FROM task_history WHERE task_id = ?1")?;
+                let mut stored = tx.prepare_cached(&sql)?;
                 for (id, record) in records {
-                    if !exists.exists([UuidText::new(id).as_str()])? {
-                        fresh.push((id, record));
+                    let row = stored
+                        .query_row([UuidText::new(id).as_str()], read_row)
+                        .optional()?;
+                    match row {
+                        None => adoption.records.push((id, record)),
+                        Some(row) => {
+                            if let Some(theirs) = take_over(row, owner) {
+                                adoption.taken_over.insert(id);
+                                adoption.records.push((id, theirs));
+                            }
+                        }
                     }
                 }
             }
-            if !fresh.is_empty() {
-                upsert_records(tx, &fresh, owner)?;
+            if !adoption.records.is_empty() {
+                upsert_records(tx, &adoption.records, owner)?;
             }
-            Ok(fresh)
+            adoption
+                .records
+                .sort_unstable_by_key(|(id, r)| (r.info.created_us, *id));
+            Ok(adoption)
         })
     }
 
@@ -2096,34 +2160,107 @@ mod tests {
         );
     }
 
+    /// A connection in the middle of a write to `path`, still in rollback mode: what another
+    /// opener of a new file meets.
+    fn writing(path: &str) -> Connection {
+        let conn = Connection::open(path).expect("conn");
+        conn.execute_batch("CREATE TABLE t(x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .expect("hold the write lock");
+        conn
+    }
+
     #[test]
-    fn adopts_only_ids_without_a_row() {
+    fn switching_to_wal_waits_for_a_writer_of_the_new_file() {
+        let (_d, path) = tmp();
+        let writer = writing(&path);
+        let opener = Connection::open(&path).expect("conn");
+        configure(&opener).expect("configure");
+        let started = Instant::now();
+        let commit = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            writer.execute_batch("COMMIT").expect("commit");
+        });
+        // SQLite answers this switch "database is locked" at once, without its busy handler.
+        let mode = switch_to_wal(&opener).expect("switched once the writer is done");
+        commit.join().expect("writer");
+        assert_eq!(mode, "wal");
+        assert!(started.elapsed() >= Duration::from_millis(150), "it waited");
+    }
+
+    #[test]
+    fn switching_to_wal_gives_up_after_the_busy_timeout() {
+        let (_d, path) = tmp();
+        let _writer = writing(&path);
+        let opener = Connection::open(&path).expect("conn");
+        configure(&opener).expect("configure");
+        let started = Instant::now();
+        let err = switch_to_wal(&opener).expect_err("still locked");
+        let waited = started.elapsed();
+        assert_eq!(err.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
+        assert!(
+            waited >= BUSY_TIMEOUT - WAL_RETRY_PAUSE_MAX && waited < BUSY_TIMEOUT * 2,
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn adopt_inserts_new_ids_and_takes_over_unfinished_rows_of_other_owners() {
         let (_d, path) = tmp();
         let s = Snapshot::open(&path).expect("open");
-        s.write(&[(1, with_status(Status::Running, 1))], "dead")
+        let mut theirs = with_status(Status::Running, 1);
+        theirs.logs.push_back(Arc::from("only in the file"));
+        s.write(&[(1, theirs)], "dead").expect("write");
+        s.write(&[(3, with_status(Status::Success, 3))], "dead")
             .expect("write");
-        let adopted = s
+        s.write(&[(4, with_status(Status::Pending, 4))], "me")
+            .expect("write");
+        let high = changed(&s, 0).last().map_or(0, |(_, seq)| *seq);
+        // The backend's copy of row 1 lags the file's: pending, no logs, and (to tell the
+        // two apart in the numbering) another creation time.
+        let mut stale = with_status(Status::Pending, 50);
+        stale.logs.clear();
+        let adoption = s
             .adopt(
                 vec![
-                    (1, with_status(Status::Pending, 1)),
+                    (1, stale),
                     (2, with_status(Status::Running, 2)),
+                    (3, with_status(Status::Pending, 3)),
+                    (4, with_status(Status::Running, 4)),
                 ],
                 "me",
             )
             .expect("adopt");
-        let ids: Vec<u128> = adopted.iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids, [2]);
+        let ids: Vec<u128> = adoption.records.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2], "finished and own rows skipped; oldest first");
+        assert_eq!(adoption.taken_over, HashSet::from([1]));
+        let (_, taken) = &adoption.records[0];
+        assert_eq!(taken.status(), Status::Running, "the file's row");
+        assert_eq!(taken.info.created_us, 1);
+        assert_eq!(taken.logs.back().map(|l| &**l), Some("only in the file"));
+        for (n, owner) in [(1, Some("me")), (2, Some("me")), (3, None), (4, Some("me"))] {
+            assert_eq!(owner_of(&path, &id(n)).as_deref(), owner, "row {n}");
+        }
+        // Numbered by the file's creation time; the rows left alone keep theirs.
+        assert_eq!(changed(&s, high), [(id(1), high + 1), (id(2), high + 2)]);
+        let kept = s.get(&id(1)).expect("get").expect("row").record;
+        assert_eq!(kept.status(), Status::Running);
+        assert_eq!(kept.logs, taken.logs, "rewritten as read");
         assert_eq!(
-            owner_of(&path, &id(1)).as_deref(),
-            Some("dead"),
-            "left alone"
+            s.get(&id(3)).expect("get").expect("row").record.status(),
+            Status::Success
         );
-        assert_eq!(owner_of(&path, &id(2)).as_deref(), Some("me"));
-        assert_eq!(changed(&s, 1), [(id(2), 2)]);
         let got = s.get(&id(2)).expect("get").expect("row");
         assert_eq!(got.record.status(), Status::Running);
         assert!(got.record.info.tags.is_some(), "with its tags");
-        assert!(s.adopt(Vec::new(), "me").expect("nothing").is_empty());
+        let again = s
+            .adopt(vec![(1, with_status(Status::Pending, 1))], "me")
+            .expect("again");
+        assert!(again.records.is_empty(), "its own row now");
+        assert!(s
+            .adopt(Vec::new(), "me")
+            .expect("nothing")
+            .records
+            .is_empty());
         s.close();
         assert!(
             matches!(s.adopt(Vec::new(), "me"), Err(CoreError::Snapshot(m)) if m.contains("closed"))

@@ -296,6 +296,18 @@ impl Interner {
     }
 }
 
+/// How a row of the file comes into memory as a journaled record (see `load_journaled`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Load {
+    /// Claimed from a dead owner: open counted its row, and nothing announces it.
+    Claimed,
+    /// Taken over by `adopt` from the file: open counted its row, as a claimed one's; it is
+    /// announced with a `created` event, as every record `adopt` loads.
+    TakenOver,
+    /// Inserted by `adopt` (the file never held it): counted as created here, and announced.
+    Adopted,
+}
+
 #[derive(Debug)]
 struct Entry {
     record: Record,
@@ -536,10 +548,8 @@ impl State {
     }
 
     /// Takes a row of the file into memory as a journaled record, unless its id is already
-    /// held. A claimed row keeps the metrics as they are (open counted it); a row adopted
-    /// from another instance (`new_here`) is counted as created here, with its `created`
-    /// event.
-    fn load_journaled(&mut self, d: DiskRecord, new_here: bool) -> Option<(String, Record)> {
+    /// held; `how` says whether it is counted and announced.
+    fn load_journaled(&mut self, d: DiskRecord, how: Load) -> Option<(String, Record)> {
         let id = parse_uuid(&d.task_id)?;
         if self.records.contains_key(&id) {
             return None;
@@ -553,8 +563,10 @@ impl State {
         let status = record.status();
         let name_id = self.names.intern(&record.info.func_name);
         self.add_to_indexes((record.info.created_us, id), status, name_id);
-        if new_here {
+        if how == Load::Adopted {
             self.metrics.created(name_id, status);
+        }
+        if how != Load::Claimed {
             self.ring.push(Event::Task {
                 created: true,
                 id,
@@ -1297,16 +1309,16 @@ impl TaskStore {
                 }
             }
         }
-        let disk: Vec<DiskRecord> = match &self.snapshot {
-            Some(s) => s.page(&PageQuery {
+        let disk = self.disk_page(
+            &mem,
+            PageQuery {
                 before,
                 status,
                 func_name: req.func_name,
                 tag,
                 limit: want,
-            })?,
-            None => Vec::new(),
-        };
+            },
+        )?;
         if disk.is_empty() {
             let more = mem.len() > limit;
             mem.truncate(limit);
@@ -1361,6 +1373,50 @@ impl TaskStore {
             None
         };
         Ok(Page { items, next })
+    }
+
+    /// Up to `q.limit` stored records for a page, newest first, without those memory holds:
+    /// memory has the truth of its records (a journaled record's row lags until the next
+    /// flush, and may match filters the record no longer does). The rows left out are made up
+    /// for by reading on, until the rows kept and the entries of `mem` (the page's memory
+    /// entries, newest first) newer than the last row read are enough for the page, or the
+    /// file has no more: the page then holds no row older than one it lacks.
+    fn disk_page(&self, mem: &[(Key, Arc<[u8]>)], q: PageQuery<'_>) -> CoreResult<Vec<DiskRecord>> {
+        let Some(snap) = &self.snapshot else {
+            return Ok(Vec::new());
+        };
+        let mut kept: Vec<DiskRecord> = Vec::new();
+        let mut read_on: Option<(i64, String)> = None;
+        loop {
+            let batch = snap.page(&PageQuery {
+                before: read_on
+                    .as_ref()
+                    .map(|(c, id)| (*c, id.as_str()))
+                    .or(q.before),
+                ..q
+            })?;
+            let full = batch.len() >= q.limit;
+            let Some(last) = batch.last().map(|d| (d.created_us, d.task_id.clone())) else {
+                break;
+            };
+            {
+                let st = self.lock();
+                kept.extend(batch.into_iter().filter(|d| {
+                    parse_uuid(&d.task_id).is_none_or(|id| !st.records.contains_key(&id))
+                }));
+            }
+            let newer_in_memory = mem
+                .iter()
+                .take_while(|((c, id), _)| {
+                    (*c, UuidText::new(*id).as_str()) > (last.0, last.1.as_str())
+                })
+                .count();
+            if !full || kept.len() + newer_in_memory >= q.limit {
+                break;
+            }
+            read_on = Some(last);
+        }
+        Ok(kept)
     }
 
     /// One page as a JSON array, newest first, with the cursor of the next page.
@@ -1486,7 +1542,7 @@ impl TaskStore {
             claim
                 .records
                 .into_iter()
-                .filter_map(|d| st.load_journaled(d, false))
+                .filter_map(|d| st.load_journaled(d, Load::Claimed))
                 .collect()
         };
         for owner in &claim.dead_owners {
@@ -1515,10 +1571,10 @@ impl TaskStore {
         Ok((rows.into_iter().map(|(row, _)| row).collect(), last))
     }
 
-    /// Takes over unfinished rows of another instance: writes them as journal rows of this
-    /// store (one transaction) and loads them as records created here, except ids that
-    /// memory or the file hold already. Every row is checked first; one bad row adopts
-    /// nothing. Returns the records adopted, oldest first.
+    /// Takes over unfinished rows of dead instances: writes them as journal rows of this store
+    /// (one transaction) and loads them, except ids that memory holds, or whose row in the
+    /// file is finished or this store's (see [`Snapshot::adopt`]). Every row is checked
+    /// first; one bad row adopts nothing. Returns the records adopted, oldest first.
     pub(crate) fn adopt(&self, rows: Vec<TaskRow>) -> CoreResult<Vec<(String, Record)>> {
         let mut records = rows
             .into_iter()
@@ -1530,18 +1586,23 @@ impl TaskStore {
             let mut seen = HashSet::with_capacity(records.len());
             records.retain(|(id, _)| !st.records.contains_key(id) && seen.insert(*id));
         }
-        records.sort_unstable_by_key(|(id, r)| (r.info.created_us, *id));
-        let written = snap.adopt(records, &self.instance_id)?;
+        let adoption = snap.adopt(records, &self.instance_id)?;
         let mut st = self.lock();
-        Ok(written
+        Ok(adoption
+            .records
             .into_iter()
             .filter_map(|(id, record)| {
+                let how = if adoption.taken_over.contains(&id) {
+                    Load::TakenOver
+                } else {
+                    Load::Adopted
+                };
                 let d = DiskRecord {
                     task_id: UuidText::new(id).as_str().to_owned(),
                     created_us: record.info.created_us,
                     record,
                 };
-                st.load_journaled(d, true)
+                st.load_journaled(d, how)
             })
             .collect())
     }
@@ -2981,16 +3042,11 @@ mod tests {
         let s = db_store(&path, 10);
         let (mine, _) = create(&s, journaled("job"));
         s.flush().expect("flush");
-        // Another store's row in the same file.
-        let other = db_store(&path, 10);
-        let (theirs, _) = create(&other, journaled("job"));
-        other.flush().expect("flush");
         let (_, since) = s.changed_rows(0, 100).expect("changed");
         let adopted = s
             .adopt(vec![
                 row_of(7, "running", 20),
                 row_of(mine, "pending", 1),
-                row_of(theirs, "pending", 1),
                 row_of(5, "pending", 10),
                 row_of(7, "pending", 20),
             ])
@@ -3026,10 +3082,6 @@ mod tests {
             .expect("utf8")
             .contains("taskflow_queue_depth{queue=\"q\"} 1"));
         assert_eq!(owner_of(&path, &text(7)).as_deref(), Some(s.instance_id()));
-        assert_eq!(
-            owner_of(&path, &text(theirs)).as_deref(),
-            Some(other.instance_id())
-        );
         let (rows, last) = s.changed_rows(since, 100).expect("changed");
         let got: Vec<(&str, Option<&str>)> = rows
             .iter()
@@ -3069,5 +3121,65 @@ mod tests {
         assert!(
             matches!(s.changed_rows(0, 1), Err(CoreError::Snapshot(m)) if m.contains("closed"))
         );
+    }
+
+    #[test]
+    fn adopt_takes_over_this_files_rows_of_a_closed_store() {
+        let (_d, path) = tmp_db();
+        let gone = db_store(&path, 10);
+        let (left, _) = create(&gone, journaled("job"));
+        let (done, _) = create(&gone, journaled("job"));
+        gone.flush().expect("flush");
+        // What the backend holds: the rows as replicated then.
+        let (backend, _) = gone.changed_rows(0, 100).expect("changed");
+        gone.transition(&text(left), "running", Change::default())
+            .expect("run");
+        gone.append_log(&text(left), "only in the file")
+            .expect("log");
+        gone.transition(&text(done), "running", Change::default())
+            .expect("run");
+        gone.transition(&text(done), "success", Change::default())
+            .expect("finish");
+        gone.flush().expect("flush");
+        gone.close();
+        let s = db_store(&path, 10);
+        let (_, since) = s.changed_rows(0, 100).expect("changed");
+        let opened = json(&s.metrics_json());
+        let adopted = s.adopt(backend).expect("adopt");
+        let ids: Vec<&str> = adopted.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, [text(left)], "the finished row is skipped");
+        let (_, taken) = &adopted[0];
+        assert_eq!(
+            taken.status(),
+            Status::Running,
+            "the file's row, not the backend's"
+        );
+        assert_eq!(
+            taken.logs.iter().map(|l| &**l).collect::<Vec<_>>(),
+            ["only in the file"]
+        );
+        // Open counted its row: the metrics stay; the record is announced.
+        let m = json(&s.metrics_json());
+        for key in ["total", "pending", "running", "success"] {
+            assert_eq!(m[key], opened[key], "{key}");
+        }
+        let (events, _) = s.events_since(0, 10).expect("events");
+        let events: Vec<serde_json::Value> = events.iter().map(|(_, e)| json(e)).collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (&events[0]["type"], &events[0]["task"]["status"]),
+            (&"created".into(), &"running".into())
+        );
+        let (rows, _) = s.changed_rows(since, 100).expect("changed");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].task_id, text(left));
+        assert_eq!(rows[0].owner.as_deref(), Some(s.instance_id()));
+        assert_eq!(rows[0].status, "running");
+        assert_eq!(owner_of(&path, &text(done)), None);
+        // A journaled record of this store from now on.
+        s.transition(&text(left), "success", Change::default())
+            .expect("finish");
+        assert_eq!(s.flush().expect("flush"), 1);
+        assert_eq!(owner_of(&path, &text(left)), None);
     }
 }

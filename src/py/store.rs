@@ -503,8 +503,8 @@ impl TaskStore {
         Ok((PyList::new(py, dicts)?, last))
     }
 
-    /// Take over unfinished rows of another instance as journaled records of this store;
-    /// their ``get()`` dicts, oldest first.
+    /// Take over unfinished rows of dead instances (this file's own rows of other owners
+    /// included) as journaled records of this store; their ``get()`` dicts, oldest first.
     fn adopt<'py>(
         &self,
         py: Python<'py>,

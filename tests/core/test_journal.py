@@ -8,7 +8,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from _corehelpers import StoreFactory, drive, insert_rows, loads, query, require_cores, stored
+from _corehelpers import (
+    StoreFactory,
+    all_pages,
+    drive,
+    insert_rows,
+    loads,
+    query,
+    require_cores,
+    stored,
+    wait_for_next_microsecond,
+)
 
 from fastapi_taskflow._pycore.owners import owner_alive
 from fastapi_taskflow._pycore.snapshot import MIGRATIONS
@@ -83,6 +93,25 @@ def test_journaled_rows_carry_their_owner_until_they_finish(make_store: StoreFac
     drive(store, plain, "failed")
     assert store.flush() == 2
     assert stored(db_path) == {journaled: ("success", None), plain: ("failed", None)}
+
+
+def test_pages_list_a_record_as_memory_holds_it_while_its_row_lags(make_store: StoreFactory, db_path: str) -> None:
+    other = make_store(db_path)  # pending rows this store does not hold
+    theirs = []
+    for _ in range(5):
+        theirs.append(other.create("f", journal=True)[0])
+        wait_for_next_microsecond()
+    other.flush()
+    store = make_store(db_path)
+    mine, _ = store.create("f", journal=True)
+    store.flush()
+    store.transition(mine, "running")  # its row says pending until the next flush
+    assert stored(db_path)[mine] == ("pending", store.instance_id)
+    for limit in (1, 2, 5, 6):
+        # Not listed as pending; and the row left out does not end the paging early.
+        assert [r["task_id"] for r in all_pages(store, limit, status="pending")] == theirs[::-1], limit
+        assert [(r["task_id"], r["status"]) for r in all_pages(store, limit, status="running")] == [(mine, "running")]
+    assert [r["task_id"] for r in all_pages(store, 2)] == [mine, *theirs[::-1]]
 
 
 def test_journal_is_ignored_without_a_file(make_store: StoreFactory) -> None:

@@ -14,7 +14,17 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from _corehelpers import GET_KEYS, StoreFactory, drive, loads, require_cores, run_sql, wait_for_next_microsecond
+from _corehelpers import (
+    COUNT_KEYS,
+    GET_KEYS,
+    StoreFactory,
+    all_pages,
+    drive,
+    loads,
+    require_cores,
+    run_sql,
+    wait_for_next_microsecond,
+)
 from sqlite_peek import count, query, rows
 
 from fastapi_taskflow._pycore.snapshot import MIGRATIONS, TASK_ROW_KEYS
@@ -439,22 +449,124 @@ def test_adopted_records_are_held_counted_and_announced(make_store: StoreFactory
     assert mine in {r["task_id"] for r in loads(store.page_json()[0])}
 
 
-def test_ids_already_present_are_skipped(make_store: StoreFactory, db_path: str) -> None:
+def test_ids_in_memory_or_repeated_are_skipped(make_store: StoreFactory, db_path: str) -> None:
     store = make_store(db_path)
     in_memory, _ = store.create("job")
-    other = make_store(db_path)  # another store of the file: its row is in the file only
-    in_file, _ = other.create("job", journal=True)
-    other.flush()
     twice = row()
-    kept = store.adopt([row(task_id=in_memory), row(task_id=in_file), twice, {**twice, "status": "running"}])
+    kept = store.adopt([row(task_id=in_memory), twice, {**twice, "status": "running"}])
     assert [(r["task_id"], r["status"]) for r in kept] == [(twice["task_id"], "pending")]  # the first of an id
     assert store.get(in_memory)["func_name"] == "job" and store.get(in_memory)["queue"] == "default"
-    assert rows(db_path)[in_file]["owner"] == other.instance_id
     assert store.memory_len() == 2
     assert loads(store.metrics_json())["total"] == 2
     assert store.adopt([twice]) == []  # now in memory
     assert store.adopt([]) == []
-    assert count(db_path) == 2
+    assert set(rows(db_path)) == {twice["task_id"]}
+
+
+def counts(store: Any) -> dict[str, int]:
+    metrics = loads(store.metrics_json())
+    return {key: metrics[key] for key in COUNT_KEYS}
+
+
+def test_unfinished_rows_of_this_file_are_taken_over_from_other_owners(make_store: StoreFactory, db_path: str) -> None:
+    """A restart on the same file: the backend hands back the rows of the file's previous process."""
+    gone = make_store(db_path)
+    left, _ = gone.create("job", journal=True, tags={"t": "1"}, args_json=b"[1]")
+    wait_for_next_microsecond()
+    done, _ = gone.create("job", journal=True)
+    gone.flush()
+    backend = {r["task_id"]: r for r in gone.changed_rows(0)[0]}  # replicated while both were pending
+    gone.transition(left, "running", retries_used=1)
+    gone.append_log(left, "only in the file")
+    drive(gone, done, "success")
+    gone.flush()
+    gone.close()
+    store = make_store(db_path)
+    opened = counts(store)
+    # Its owner lock is held, but the backend's word that it is dead is taken as it is.
+    alive = make_store(db_path)
+    wait_for_next_microsecond()
+    live, _ = alive.create("job", journal=True)
+    alive.flush()
+    # Rows of this store, of a version before the journal (no owner), and of a status unknown here.
+    own, legacy, unknown = (str(uuid.uuid4()) for _ in range(3))
+    insert = "INSERT INTO task_history (task_id, func_name, status, created_us, owner) VALUES (?, 'job', ?, ?, ?)"
+    run_sql(
+        db_path,
+        (insert, (own, "running", 1, store.instance_id)),
+        (insert, (legacy, "pending", 2, None)),
+        (insert, (unknown, "paused", 3, "x")),
+    )
+    before = rows(db_path)
+    high = max(seq for seq in seqs(db_path).values() if seq is not None)
+    after_seq = store.last_seq
+    given = [backend[left], backend[done], row(task_id=own), row(task_id=unknown), row(task_id=legacy)]
+    adopted = store.adopt([*given, {**backend[left], "task_id": live, "owner": "x"}])
+    assert [r["task_id"] for r in adopted] == [legacy, left, live]  # oldest first
+    assert adopted == [store.get(legacy), store.get(left), store.get(live)]
+    got = adopted[1]
+    # The file's record, not the backend's: running, with the log the backend never saw.
+    assert (got["status"], got["retries_used"], got["logs"]) == ("running", 1, ["only in the file"])
+    assert (got["tags"], got["args_json"]) == ({"t": "1"}, b"[1]")
+    assert [(r["func_name"], r["status"], r["logs"]) for r in (adopted[0], adopted[2])] == [("job", "pending", [])] * 2
+    # Rewritten as they were, now owned by this store with new numbers; the others left as they are.
+    after = rows(db_path)
+    for n, task_id in enumerate([legacy, left, live], high + 1):
+        assert after[task_id] == {**before[task_id], "owner": store.instance_id, "sync_seq": n}
+    assert [after[task_id] for task_id in (done, own, unknown)] == [before[task_id] for task_id in (done, own, unknown)]
+    assert (after[done]["status"], after[done]["owner"]) == ("success", None)
+    changed, last = store.changed_rows(high)
+    assert [(r["task_id"], r["status"], r["owner"]) for r in changed] == [
+        (legacy, "pending", store.instance_id),
+        (left, "running", store.instance_id),
+        (live, "pending", store.instance_id),
+    ]
+    assert json.loads(changed[1]["logs_json"]) == ["only in the file"] and last == high + 3
+    # A row taken over is counted as a claimed one: by open, when the file held it then (``left`` only; a
+    # second count would leave a phantom running task): the counts stay.
+    assert counts(store) == opened
+    events, _ = store.events_since(after_seq)
+    assert [(e["type"], e["task"]["task_id"], e["task"]["status"]) for e in map(loads, (d for _, d in events))] == [
+        ("created", legacy, "pending"),
+        ("created", left, "running"),
+        ("created", live, "pending"),
+    ]
+    # Journaled records of this store from now on.
+    assert store.adopt([backend[left]]) == []
+    assert store.transition(left, "success") is True
+    assert store.flush() == 1
+    assert (rows(db_path)[left]["status"], rows(db_path)[left]["owner"]) == ("success", None)
+    assert counts(store) == {**opened, "running": opened["running"] - 1, "success": opened["success"] + 1}
+
+
+def test_an_adopted_running_record_can_be_requeued(make_store: StoreFactory, db_path: str) -> None:
+    store = make_store(db_path)
+    running = row("running", queue="fresh")  # the first record of its queue in this store
+    assert [r["task_id"] for r in store.adopt([running])] == [running["task_id"]]
+    assert store.transition(running["task_id"], "pending") is True
+    assert 'taskflow_queue_depth{queue="fresh"} 1' in store.metrics_prometheus().decode()
+
+
+def test_a_key_adopted_twice_stays_held_while_one_holder_is(make_store: StoreFactory, db_path: str) -> None:
+    store = make_store(db_path)
+    first, second = row("running", idempotency_key="k", created_us=1), row(idempotency_key="k", created_us=2)
+    assert len(store.adopt([first, second])) == 2  # adopt does not check keys: both hold it
+    assert store.transition(first["task_id"], "success") is True
+    assert store.delete(first["task_id"]) is True
+    assert store.create("job", idempotency_key="k") == (second["task_id"], False)
+
+
+def test_a_deleted_id_adopted_again_is_listed_once(make_store: StoreFactory, db_path: str) -> None:
+    store = make_store(db_path)
+    task_id, _ = store.create("job")
+    drive(store, task_id, "interrupted")
+    assert store.delete(task_id) is True
+    # The backend still had it unfinished, created at another time (say, by a peer that made it first).
+    assert [r["task_id"] for r in store.adopt([row(task_id=task_id, created_us=5)])] == [task_id]
+    for limit in (1, 2):
+        for filters in ({}, {"status": "pending"}, {"func_name": "job"}):
+            listed = all_pages(store, limit, **filters)
+            assert [(r["task_id"], r["created_at"]) for r in listed] == [(task_id, "1970-01-01T00:00:00.000005+00:00")]
 
 
 def spoiled(spoil: Callable[[dict[str, Any]], object]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
@@ -196,6 +197,36 @@ _DELETE_SCHEDULED = "DELETE FROM task_scheduled_once WHERE run_key = ?1"
 
 _T = TypeVar("_T")
 
+#: Seconds a statement waits for another connection's lock before it fails with "database is locked". Twin of
+#: ``BUSY_TIMEOUT`` in ``snapshot.rs``.
+BUSY_TIMEOUT: Final[float] = 5.0
+#: The longest pause (seconds) between two attempts of ``_switch_to_wal``.
+_WAL_RETRY_PAUSE_MAX: Final[float] = 0.02
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL mode.
+
+    On a file still in rollback mode (a new one), the switch reads the header under a shared lock and then upgrades
+    it to a write lock; SQLite fails that upgrade at once instead of calling the busy handler, because two
+    connections each holding a shared lock and waiting for the other's would wait forever. So when several
+    processes open a new file together, all but one get "database is locked" here: they retry, backing off, for as
+    long as the busy timeout would have waited. Once the file is in WAL mode the switch writes nothing and cannot
+    meet that case. Twin of ``switch_to_wal`` in ``snapshot.rs``.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            # SQLITE_BUSY's message (``sqlite_errorcode`` is new in Python 3.11).
+            if "database is locked" not in str(exc) or time.monotonic() + pause >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, _WAL_RETRY_PAUSE_MAX)
+
 
 def _sync_seq_high(c: sqlite3.Connection) -> int:
     (high,) = c.execute(_SYNC_SEQ_HIGH).fetchone()
@@ -209,6 +240,12 @@ def _upsert(c: sqlite3.Connection, parts: Sequence[RowParts]) -> None:
     ordered = sorted(parts, key=lambda p: (p[3], p[0]))
     c.executemany(_UPSERT, [(*Record.to_row(p), seq) for seq, p in enumerate(ordered, high + 1)])
     c.executemany(_INSERT_TAG, [(p[0], k, v, p[3]) for p in parts if p[10] for k, v in p[10].items()])
+
+
+def _taken_over(row: Row, instance_id: str) -> bool:
+    """Whether ``adopt`` takes over this stored row for ``instance_id``: unfinished and owned by anyone else (a row
+    this store owns is its own already; a finished row is done). Twin of ``take_over`` in ``snapshot.rs``."""
+    return row[2] in ("pending", "running") and row[19] != instance_id
 
 
 def _is_corrupt(exc: sqlite3.Error) -> bool:
@@ -231,6 +268,12 @@ def _open_error(path: str, exc: sqlite3.Error) -> SnapshotError:
         hint = f"the file is read-only ({text}); make it and its directory writable, or choose another path"
     elif "unable to open" in text:
         hint = f"cannot open the file ({text}); check that its directory exists and is writable"
+    elif "database is locked" in text:
+        # Past the busy timeout (as ``describe`` in ``snapshot.rs`` advises).
+        hint = (
+            f"cannot open the snapshot database ({text}); another process holds a lock on it; retry later or stop"
+            " that process"
+        )
     else:
         hint = f"cannot open the snapshot database ({text}); move the file aside to start with an empty history"
     return SnapshotError(f"{path}: {hint}")
@@ -245,13 +288,12 @@ class SnapshotDb:
         self.path = path
         self.lock = threading.Lock()
         try:
-            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise _open_error(path, exc) from exc
         self._conn: sqlite3.Connection | None = conn
         try:
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate(conn)
         except SnapshotError:
@@ -349,18 +391,24 @@ class SnapshotDb:
             )
         return rows
 
-    def adopt_locked(self, parts: Sequence[RowParts]) -> set[str]:
-        """Insert ``parts`` (journal rows of this store) in one transaction, except ids that have a row already;
-        return the ids inserted. The caller holds ``lock``."""
+    def adopt_locked(self, records: Sequence[Record], instance_id: str) -> list[tuple[Record, bool]]:
+        """Make ``records`` journal rows of ``instance_id`` in one transaction: an id without a row is inserted; an id
+        whose row is unfinished and owned by anyone else is taken over, the file's row (not the given one) rewritten
+        as ``instance_id``'s; any other id is left alone. Returns the records written, each with whether it was
+        taken over, oldest first. The caller holds ``lock``. Twin of ``Snapshot::adopt`` in ``snapshot.rs``."""
         with self._transaction("adopt rows", "nothing was adopted") as c:
-            fresh = [
-                p
-                for p in parts
-                if c.execute("SELECT 1 FROM task_history WHERE task_id = ?1", (p[0],)).fetchone() is None
-            ]
-            if fresh:
-                _upsert(c, fresh)
-        return {p[0] for p in fresh}
+            written: list[tuple[Record, bool]] = []
+            for rec in records:
+                stored: Row | None = c.execute(_SELECT + " WHERE task_id = ?1", (rec.task_id,)).fetchone()
+                if stored is None:
+                    written.append((rec, False))
+                elif _taken_over(stored, instance_id):
+                    # The file's row, not the one the backend handed out: a row this file wrote is at least as
+                    # fresh here as in the backend (which only holds what was replicated of it).
+                    written.append((Record.from_row(stored), True))
+            if written:
+                _upsert(c, [rec.row_parts(instance_id) for rec, _ in written])
+        return sorted(written, key=lambda item: item[0].key)
 
     def changed_rows(self, after: int, limit: int) -> list[tuple[Any, ...]]:
         """Up to ``limit`` rows (``TASK_ROW_KEYS`` then ``sync_seq``) with a ``sync_seq`` above ``after``, in

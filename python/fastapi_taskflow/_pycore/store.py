@@ -400,10 +400,20 @@ class TaskStore:
         return None
 
     def _disk_holder(self, on_disk: list[str]) -> str | None:
-        """The newest of the stored holders ``on_disk`` that memory does not hold."""
+        """The newest of the stored holders ``on_disk`` that memory does not know to have let the key go (as
+        ``disk_row_holds`` in ``store.rs``)."""
         with self._lock:
-            # A record in memory is newer than its row, and is judged by ``_memory_holder``.
-            return next((task_id for task_id in on_disk if task_id not in self._records), None)
+            # A record in memory is newer than its row. It may hold the key without being the one ``_idem`` names:
+            # claimed or adopted records are loaded with whatever keys they carry.
+            records = self._records
+            return next(
+                (
+                    task_id
+                    for task_id in on_disk
+                    if (rec := records.get(task_id)) is None or rec.status not in FREES_KEY
+                ),
+                None,
+            )
 
     def _add(self, rec: Record, journal: bool, *, written: bool = False) -> None:
         """Add a new record to memory, indexes, metrics and ring. ``written``: its journal row is in the file
@@ -454,7 +464,8 @@ class TaskStore:
                 if old == "pending":
                     self._queue_pending[rec.queue] = max(0, self._queue_pending[rec.queue] - 1)
                 elif status == "pending":
-                    self._queue_pending[rec.queue] += 1
+                    # A running record loaded from the file (claimed, adopted) may be the first of its queue here.
+                    self._queue_pending[rec.queue] = self._queue_pending.get(rec.queue, 0) + 1
             finished = status in FINISHED_SET
             if status == "running":
                 if rec.start_us is None:
@@ -527,12 +538,14 @@ class TaskStore:
 
         def is_live(key: Key) -> bool:
             rec = records.get(key[1])
-            return rec is not None and rec.status == status
+            return rec is not None and rec.key == key and rec.status == status
 
         return is_live
 
     def _present(self, key: Key) -> bool:
-        return key[1] in self._records
+        # The whole key: a deleted record's id may come back (adopted) with another creation time.
+        rec = self._records.get(key[1])
+        return rec is not None and rec.key == key
 
     def _evict(self, victims: list[Record]) -> None:
         """Drop finished records from memory, with their idempotency keys; their index entries go stale.
@@ -673,21 +686,21 @@ class TaskStore:
                 for rec in records:
                     if rec.task_id not in self._records:
                         fresh.setdefault(rec.task_id, rec)
-            ordered = sorted(fresh.values(), key=lambda rec: rec.key)
-            written = db.adopt_locked([rec.row_parts(self._instance_id) for rec in ordered])
+            written = db.adopt_locked(list(fresh.values()), self._instance_id)
             with self._lock:
-                return [self._load_journaled(rec, new_here=True) for rec in ordered if rec.task_id in written]
+                # A row taken over was in the file, which open counted, as a claimed row.
+                return [self._load_journaled(rec, counted=taken_over, announce=True) for rec, taken_over in written]
 
-    def _load_journaled(self, rec: Record, *, new_here: bool = False) -> dict[str, object]:
-        """Hold a record read from the file as a journaled one of this store. A claimed record keeps the metrics as
-        they are (open counted it); one adopted from another instance (``new_here``) is counted as created here,
-        with its ``created`` event."""
+    def _load_journaled(self, rec: Record, *, counted: bool = True, announce: bool = False) -> dict[str, object]:
+        """Hold a record read from the file as a journaled one of this store. ``counted``: the metrics hold it
+        already (open counted its row), else it is counted as created here; ``announce``: a ``created`` event
+        carries it. Twin of ``load_journaled`` in ``store.rs``."""
         logs = rec.logs
         if logs is not None:
             rec.logs_dropped += max(0, len(logs) - self._max_log_lines)
             rec.logs = deque(logs, maxlen=self._max_log_lines)
         rec.journal = True
-        if new_here:
+        if not counted:
             self._metrics.load(rec.func_name, rec.status, None, None)
         rec.agg = self._metrics.aggregate(rec.func_name)
         self._records[rec.task_id] = rec
@@ -696,7 +709,7 @@ class TaskStore:
             self._queue_pending[rec.queue] = self._queue_pending.get(rec.queue, 0) + 1
         if rec.idempotency_key is not None:
             self._idem.setdefault(rec.idempotency_key, rec.task_id)
-        if new_here:
+        if announce:
             self._ring.push(
                 ("created", rec, rec.status, rec.start_us, rec.end_us, rec.retries_used, rec.error, rec.stacktrace)
             )
@@ -903,16 +916,29 @@ class TaskStore:
         want = limit + 1  # one more than the page tells whether another page follows
         # Disk first, memory second: a record evicted in between was on disk before it left memory.
         db = self._db
-        rows = [] if db is None else db.page(before, status, func_name, want, tag_pair)
-        with self._lock:
-            found = self._page_from_memory(before, status, func_name, want, tag_pair)
-            records = self._records
-            disk = [Record.from_row(row) for row in rows if row[0] not in records]
-            if disk:
-                found = sorted(found + disk, key=lambda r: r.key, reverse=True)[:want]
-            page = found[:limit]
-            body = b"[" + b",".join([rec.to_json() for rec in page]) + b"]"
-        return body, (_cursor(page[-1].key) if len(found) > limit else None)
+        rows: list[Row] = []
+        read_on = before
+        while True:
+            batch = [] if db is None else db.page(read_on, status, func_name, want, tag_pair)
+            rows += batch
+            with self._lock:
+                found = self._page_from_memory(before, status, func_name, want, tag_pair)
+                records = self._records
+                # Memory has the truth of its records: a journaled record's row lags until the next flush, and may
+                # match filters the record no longer does.
+                disk = [Record.from_row(row) for row in rows if row[0] not in records]
+                if len(batch) == want:
+                    # The rows left out are made up for by reading on, until the rows kept and the memory entries
+                    # newer than the last row read are enough for the page (as ``disk_page`` in ``store.rs``).
+                    last: Key = (batch[-1][3], batch[-1][0])
+                    if len(disk) + sum(1 for rec in found if rec.key > last) < want:
+                        read_on = last
+                        continue
+                if disk:
+                    found = sorted(found + disk, key=lambda r: r.key, reverse=True)[:want]
+                page = found[:limit]
+                body = b"[" + b",".join([rec.to_json() for rec in page]) + b"]"
+            return body, (_cursor(page[-1].key) if len(found) > limit else None)
 
     def _page_from_memory(
         self, before: Key | None, status: str | None, func_name: str | None, want: int, tag: tuple[str, str] | None
@@ -941,9 +967,11 @@ class TaskStore:
         out: list[Record] = []
         while pos > 0 and len(out) < want:
             pos -= 1
-            rec = records.get(keys[pos][1])
+            key = keys[pos]
+            rec = records.get(key[1])
             if (
                 rec is not None
+                and rec.key == key
                 and (status is None or rec.status == status)
                 and (func_name is None or rec.func_name == func_name)
                 and (tag is None or (rec.tags is not None and rec.tags.get(tag[0]) == tag[1]))
