@@ -51,6 +51,8 @@ class SnapshotWriter:
         self._interval = interval
         self._retention_days: float | None = None
         self._wake: asyncio.Event | None = None
+        #: Set by ``stop()``, so that a batch window in progress ends at once.
+        self._halt: asyncio.Event | None = None
         self._waiters: list[asyncio.Future[bool]] = []
         self._task: asyncio.Task[None] | None = None
         # A thread of its own: a write never queues behind the application's blocking work.
@@ -81,7 +83,8 @@ class SnapshotWriter:
         """Start the loop on the running event loop (again after a ``stop()``: apps may restart)."""
         if self._task is None:
             self._wake = wake = asyncio.Event()
-            self._task = asyncio.create_task(self._run(wake), name="taskflow-snapshot")
+            self._halt = halt = asyncio.Event()
+            self._task = asyncio.create_task(self._run(wake, halt), name="taskflow-snapshot")
 
     async def stop(self) -> None:
         """Stop the loop and make one last write; waiters still pending get its outcome.
@@ -89,11 +92,12 @@ class SnapshotWriter:
         The loop is asked to end rather than cancelled: on Python 3.11, ``wait_for``
         swallows a cancellation that arrives just as the event it waits for is set.
         """
-        task, wake = self._task, self._wake
-        self._task = self._wake = None
-        if task is not None and wake is not None:
+        task, wake, halt = self._task, self._wake, self._halt
+        self._task = self._wake = self._halt = None
+        if task is not None and wake is not None and halt is not None:
             self._stopping = True
             wake.set()
+            halt.set()  # ends a batch window at once: the write below takes what it waited for
             await task
             self._stopping = False
         await self.write_now()
@@ -119,7 +123,7 @@ class SnapshotWriter:
             await self.durable_beyond()
         return written
 
-    async def _run(self, wake: asyncio.Event) -> None:
+    async def _run(self, wake: asyncio.Event, halt: asyncio.Event) -> None:
         written: int | None = 0
         # The flag is checked before each wait: a stop may come while a write runs.
         while not self._stopping:
@@ -133,7 +137,10 @@ class SnapshotWriter:
                     return
                 if not self._waiters:
                     # Only completions asked: let the ones close in time join this write.
-                    await asyncio.sleep(BATCH_WINDOW)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(halt.wait(), BATCH_WINDOW)
+                    if self._stopping:
+                        return
             else:
                 await asyncio.sleep(0)  # let the loop run between two writes
             wake.clear()
