@@ -94,8 +94,34 @@ pub(crate) fn unknown_status_message(s: &str) -> String {
     )
 }
 
+thread_local! {
+    /// The process that seeded this thread's generator (0: not seeded yet).
+    static SEEDED_BY: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Seeds this thread's generator from the OS, once per thread and again in a forked child.
+///
+/// fastrand seeds itself from the monotonic clock and the thread id only, so processes
+/// starting at the same instant (workers of one server) could draw the same ids; and a
+/// child forked after the parent drew ids (a preloading server) would repeat them.
+fn seed_from_os() {
+    use std::hash::{BuildHasher, Hasher};
+    let pid = std::process::id();
+    SEEDED_BY.with(|seeded| {
+        if seeded.get() != pid {
+            // RandomState's keys come from the OS's random source, but a forked child inherits
+            // them: the pid tells siblings apart.
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(pid);
+            fastrand::seed(hasher.finish());
+            seeded.set(pid);
+        }
+    });
+}
+
 /// A fresh random (version 4) UUID as a number.
 pub(crate) fn new_uuid4() -> u128 {
+    seed_from_os();
     let raw = (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..));
     (raw & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from types import ModuleType
 from typing import Any
@@ -52,6 +53,27 @@ def test_ids_are_distinct(make_store: StoreFactory) -> None:
     ids = {store.create("f")[0] for _ in range(2000)}
     assert len(ids) == 2000
     assert store.memory_len() == 2000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_forked_children_draw_ids_of_their_own(make_store: StoreFactory) -> None:
+    # A preloading server (gunicorn --preload) forks workers after the parent drew ids:
+    # each child must still draw fresh random ids, not the parent's next ones.
+    parent = make_store()
+    parent.create("warm-up")
+    drawn: list[str] = []
+    for _ in range(3):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one id, back through the pipe, and out
+            os.write(write_end, make_store().create("job")[0].encode())
+            os._exit(0)
+        os.close(write_end)
+        drawn.append(os.read(read_end, 64).decode())
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    drawn.append(parent.create("job")[0])
+    assert len(set(drawn)) == 4, drawn
 
 
 def test_create_stores_every_option(make_store: StoreFactory) -> None:
