@@ -21,15 +21,14 @@ from ._rows import (
     as_scheduled_row,
     as_task_row,
     check_limit,
-    check_page,
     check_seconds,
     latest_rows,
     missing_driver,
     oldest_first,
     row_values,
 )
-from ._sql import DELETE_BATCH, FINISHED_SQL, page_query, tag_rows
-from .base import CONNECT_TIMEOUT, SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, SharedBackend, TaskRow
+from ._sql import DELETE_BATCH, FINISHED_SQL, SqlBackend, tag_rows
+from .base import CONNECT_TIMEOUT, SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, TaskRow
 
 try:
     import aiomysql  # type: ignore[import-untyped]
@@ -109,26 +108,16 @@ def _decoded(row: Sequence[Any], positions: Sequence[int]) -> list[Any]:
     return values
 
 
-def _task_row(row: Sequence[Any]) -> TaskRow:
-    return as_task_row(_decoded(row, _TEXT_KEYS))
-
-
 def _in(values: Sequence[object]) -> str:
     """An ``IN`` list of placeholders for ``values`` (PyMySQL >= 1.2 no longer expands a list parameter)."""
     return "(" + ", ".join(["%s"] * len(values)) + ")"
-
-
-def _key_below(alias: str, before: tuple[int, str]) -> tuple[str, list[object]]:
-    # MariaDB does not turn a row comparison into an index range; the expanded form it does.
-    condition = f"({alias}.created_us < %s OR ({alias}.created_us = %s AND {alias}.task_id < %s))"
-    return condition, [before[0], before[0], before[1]]
 
 
 def _us(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1_000_000)
 
 
-class MySQLBackend(SharedBackend):
+class MySQLBackend(SqlBackend):
     """Shared state in MySQL/MariaDB tables ``taskflow_*`` of the URL's database (created on ``open()``).
 
     ``url`` is ``mysql://user:pass@host:port/db?opts``: the options go to the driver
@@ -146,7 +135,18 @@ class MySQLBackend(SharedBackend):
         super().__init__(url, (pymysql.err.MySQLError, OSError))
         self._arguments: dict[str, Any] = {"minsize": 1, "pool_recycle": 3600, **pool_arguments(url)}
         self._max_workers = max_workers
+        self._history = "taskflow_history"
+        self._tags = "taskflow_tags"
         self._pool: Any = None
+
+    @staticmethod
+    def _key_below(alias: str, before: tuple[int, str]) -> tuple[str, list[object]]:
+        # MariaDB does not turn a row comparison into an index range; the expanded form it does.
+        condition = f"({alias}.created_us < %s OR ({alias}.created_us = %s AND {alias}.task_id < %s))"
+        return condition, [before[0], before[0], before[1]]
+
+    def _task_row(self, row: Sequence[Any]) -> TaskRow:
+        return as_task_row(_decoded(row, _TEXT_KEYS))
 
     # Life cycle.
 
@@ -211,9 +211,6 @@ class MySQLBackend(SharedBackend):
         async with self._cursor(doing) as cursor:
             return int(await cursor.execute(sql, params))
 
-    async def ping(self) -> None:
-        await self._fetch("ping the server", "SELECT 1")
-
     # Task history.
 
     async def upsert(self, rows: Sequence[TaskRow]) -> None:
@@ -231,45 +228,6 @@ class MySQLBackend(SharedBackend):
                 await cursor.executemany(
                     "INSERT INTO taskflow_tags (digest, created_us, task_id) VALUES (%s, %s, %s)", tags
                 )
-
-    async def get(self, task_id: str) -> TaskRow | None:
-        rows = await self._fetch(
-            "read a task row", f"SELECT {_COLUMNS} FROM taskflow_history WHERE task_id = %s", (task_id,)
-        )
-        return _task_row(rows[0]) if rows else None
-
-    def _page_query(
-        self,
-        *,
-        status: str | None = None,
-        func_name: str | None = None,
-        tag: tuple[str, str] | None = None,
-        limit: int = 100,
-        before: tuple[int, str] | None = None,
-    ) -> tuple[str, list[object]]:
-        return page_query(
-            "taskflow_history",
-            "taskflow_tags",
-            _key_below,
-            status=status,
-            func_name=func_name,
-            tag=tag,
-            limit=limit,
-            before=before,
-        )
-
-    async def page(
-        self,
-        *,
-        status: str | None = None,
-        func_name: str | None = None,
-        tag: tuple[str, str] | None = None,
-        limit: int = 100,
-        before: tuple[int, str] | None = None,
-    ) -> list[TaskRow]:
-        check_page(status, limit)
-        sql, params = self._page_query(status=status, func_name=func_name, tag=tag, limit=limit, before=before)
-        return [_task_row(row) for row in await self._fetch("read a page of task rows", sql, params)]
 
     async def count_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
@@ -362,7 +320,7 @@ class MySQLBackend(SharedBackend):
                 " LIMIT %s FOR UPDATE SKIP LOCKED",
                 [*live, limit],
             )
-            rows = [_task_row(row) for row in await cursor.fetchall()]
+            rows = [self._task_row(row) for row in await cursor.fetchall()]
             if rows:
                 # Read the leases again now that the rows are ours: an instance that started and
                 # claimed some of them after the first read is alive, and keeps what it took.

@@ -15,15 +15,14 @@ from ._rows import (
     as_scheduled_row,
     as_task_row,
     check_limit,
-    check_page,
     check_seconds,
     latest_rows,
     missing_driver,
     oldest_first,
     row_values,
 )
-from ._sql import DELETE_BATCH, FINISHED_SQL, page_query, tag_rows
-from .base import CONNECT_TIMEOUT, SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, SharedBackend, TaskRow
+from ._sql import DELETE_BATCH, FINISHED_SQL, SqlBackend, tag_rows
+from .base import CONNECT_TIMEOUT, SCHEDULED_COLUMNS, STATUSES, TASK_COLUMNS, ScheduledRow, TaskRow
 
 try:
     import psycopg
@@ -48,11 +47,6 @@ _SCHEMA_LOCK: Final[int] = int.from_bytes(b"taskflow", "big")
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
-
-
-def _key_below(alias: str, before: tuple[int, str]) -> tuple[str, list[object]]:
-    # A row comparison is an index range condition in PostgreSQL.
-    return f"({alias}.created_us, {alias}.task_id) < (%s, %s)", [before[0], before[1]]
 
 
 def _schema(s: str) -> list[str]:
@@ -95,7 +89,7 @@ def _us(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1_000_000)
 
 
-class PostgresBackend(SharedBackend):
+class PostgresBackend(SqlBackend):
     """Shared state in PostgreSQL tables ``taskflow_*`` of ``schema`` (created on ``open()``).
 
     ``url`` is a libpq URL or conninfo string; alternatively pass an open
@@ -140,6 +134,11 @@ class PostgresBackend(SharedBackend):
         self._metadata = f"{s}.taskflow_metadata"
         self._columns = ", ".join(TASK_COLUMNS)
         self._scheduled_columns = ", ".join(SCHEDULED_COLUMNS)
+
+    @staticmethod
+    def _key_below(alias: str, before: tuple[int, str]) -> tuple[str, list[object]]:
+        # A row comparison is an index range condition in PostgreSQL.
+        return f"({alias}.created_us, {alias}.task_id) < (%s, %s)", [before[0], before[1]]
 
     # Life cycle.
 
@@ -189,9 +188,6 @@ class PostgresBackend(SharedBackend):
             cursor = await conn.execute(sql, params)
             return await cursor.fetchall()
 
-    async def ping(self) -> None:
-        await self._fetch("ping the server", "SELECT 1")
-
     # Task history.
 
     async def upsert(self, rows: Sequence[TaskRow]) -> None:
@@ -213,45 +209,6 @@ class PostgresBackend(SharedBackend):
                 await cursor.executemany(
                     f"INSERT INTO {self._tags} (digest, created_us, task_id) VALUES (%s, %s, %s)", tags
                 )
-
-    async def get(self, task_id: str) -> TaskRow | None:
-        rows = await self._fetch(
-            "read a task row", f"SELECT {self._columns} FROM {self._history} WHERE task_id = %s", (task_id,)
-        )
-        return as_task_row(rows[0]) if rows else None
-
-    def _page_query(
-        self,
-        *,
-        status: str | None = None,
-        func_name: str | None = None,
-        tag: tuple[str, str] | None = None,
-        limit: int = 100,
-        before: tuple[int, str] | None = None,
-    ) -> tuple[str, list[object]]:
-        return page_query(
-            self._history,
-            self._tags,
-            _key_below,
-            status=status,
-            func_name=func_name,
-            tag=tag,
-            limit=limit,
-            before=before,
-        )
-
-    async def page(
-        self,
-        *,
-        status: str | None = None,
-        func_name: str | None = None,
-        tag: tuple[str, str] | None = None,
-        limit: int = 100,
-        before: tuple[int, str] | None = None,
-    ) -> list[TaskRow]:
-        check_page(status, limit)
-        sql, params = self._page_query(status=status, func_name=func_name, tag=tag, limit=limit, before=before)
-        return [as_task_row(row) for row in await self._fetch("read a page of task rows", sql, params)]
 
     async def count_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
