@@ -275,6 +275,19 @@ pub(crate) fn write_task_json(
     p: &Progress,
     logs: Option<&VecDeque<Arc<str>>>,
 ) {
+    write_task_json_at(buf, task_id, info, info.created_us, p, logs);
+}
+
+/// [`write_task_json`] with the creation time given apart: a compact record's `info` is a
+/// description shared by many records (see `compact.rs`).
+pub(crate) fn write_task_json_at(
+    buf: &mut Vec<u8>,
+    task_id: &str,
+    info: &TaskInfo,
+    created_us: i64,
+    p: &Progress,
+    logs: Option<&VecDeque<Arc<str>>>,
+) {
     buf.extend_from_slice(b"{\"task_id\":");
     write_str(buf, task_id);
     buf.extend_from_slice(b",\"func_name\":");
@@ -282,7 +295,7 @@ pub(crate) fn write_task_json(
     buf.extend_from_slice(b",\"status\":\"");
     buf.extend_from_slice(p.status.as_str().as_bytes());
     buf.extend_from_slice(b"\",\"created_at\":");
-    write_opt_iso(buf, Some(info.created_us));
+    write_opt_iso(buf, Some(created_us));
     buf.extend_from_slice(b",\"start_time\":");
     write_opt_iso(buf, p.start_us);
     buf.extend_from_slice(b",\"end_time\":");
@@ -310,6 +323,21 @@ pub(crate) fn write_task_json(
     buf.extend_from_slice(b",\"queue\":");
     write_str(buf, &info.queue);
     buf.push(b'}');
+}
+
+/// Appends a log line to a record's `logs`, dropping the oldest beyond `max_lines` (counted
+/// in `dropped`).
+pub(crate) fn push_log(
+    logs: &mut VecDeque<Arc<str>>,
+    dropped: &mut u64,
+    line: Arc<str>,
+    max_lines: usize,
+) {
+    while !logs.is_empty() && logs.len() >= max_lines {
+        logs.pop_front();
+        *dropped += 1;
+    }
+    logs.push_back(line);
 }
 
 /// Seconds between two microsecond timestamps, as both cores compute it.

@@ -5,14 +5,14 @@
 //! query the file; a flush copies the dirty records out, writes them, and only then takes
 //! the lock again to clear them and evict.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::error::{CoreError, CoreResult};
 use super::health::Health;
-use super::index::{Key, KeyIndex};
+use super::held::{Entry, Held, IdBuild};
+use super::index::{Key, SlotIndex, SlotNo};
 use super::metrics::{Metrics, MetricsSnapshot};
 use super::owners::Owners;
 use super::prometheus;
@@ -21,30 +21,11 @@ use super::record::{
     Status, Tags, TaskInfo, UuidText,
 };
 use super::ring::{Event, EventRing, Slot};
+use super::served::ServedJson;
 use super::snapshot::{
     is_in_memory, DeletedRow, DiskRecord, Doomed, MetricRow, OneOff, PageQuery, Scheduled,
     Snapshot, TaskRow,
 };
-
-/// Hashes a random UUID by folding its halves: ids are generated here, never chosen by input.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64);
-    }
-}
-
-type IdBuild = BuildHasherDefault<IdHasher>;
 
 /// Fast seeded hashing for the few developer-chosen names (function, queue, source).
 type NameBuild = foldhash::fast::RandomState;
@@ -309,51 +290,20 @@ enum Load {
 }
 
 #[derive(Debug)]
-struct Entry {
-    record: Record,
-    name_id: usize,
-    /// Whether the record was created with an idempotency key (saves a cold load at eviction).
-    keyed: bool,
-    /// The record's JSON as last served, until it changes (pages are read again and again).
-    json: Option<Arc<[u8]>>,
-    /// Whether its unfinished row is kept in the file, owned by this store.
-    journal: bool,
-}
-
-/// Records whose JSON is longer than this (long logs) are not kept serialised.
-const MAX_CACHED_JSON: usize = 4096;
-
-impl Entry {
-    /// The record's JSON, from the cache or freshly written (and then cached if small).
-    fn json(&mut self, id: u128) -> Arc<[u8]> {
-        if let Some(j) = &self.json {
-            return Arc::clone(j);
-        }
-        let mut buf = Vec::with_capacity(512);
-        self.record.write_json(&mut buf, UuidText::new(id).as_str());
-        let json: Arc<[u8]> = Arc::from(buf);
-        if json.len() <= MAX_CACHED_JSON {
-            self.json = Some(Arc::clone(&json));
-        }
-        json
-    }
-}
-
-#[derive(Debug)]
 struct State {
-    records: HashMap<u128, Entry, IdBuild>,
-    /// Keys of every record in memory, by status and by name. B-trees: a key may leave
-    /// from anywhere (a task that starts out of order, or the oldest finished record behind
-    /// a long queue of pending ones).
-    all: BTreeSet<Key>,
-    by_status: [BTreeSet<Key>; 7],
-    by_name: Vec<BTreeSet<Key>>,
+    held: Held,
+    /// The JSON of the records read last.
+    served: ServedJson,
+    /// Slots of every record in memory, by status and by name, ordered by key.
+    all: SlotIndex,
+    by_status: [SlotIndex; 7],
+    by_name: Vec<SlotIndex>,
     names: NameTable,
     strings: Interner,
     /// Idempotency key -> holder. Keys may come from requests, so this keeps SipHash.
     keys: HashMap<Arc<str>, u128>,
     /// Finished records in memory by key: retention drops the oldest first (as `_pycore`).
-    finished: KeyIndex,
+    finished: SlotIndex,
     /// Finished records changed since they were last written.
     dirty: HashSet<u128, IdBuild>,
     /// Unfinished journaled records whose row is out of date (never also in `dirty`).
@@ -372,26 +322,31 @@ struct State {
 
 impl State {
     /// Removes a finished record from memory with every trace of it (indexes, idempotency
-    /// key, dirty mark). Takes the key, as retention has it: the record is cold by then.
-    fn evict(&mut self, key: Key) {
-        let id = key.1;
-        let Some(entry) = self.records.remove(&id) else {
+    /// key, dirty mark).
+    fn evict(&mut self, slot: SlotNo) {
+        let Some(entry) = self.held.at(slot) else {
             return;
         };
-        self.finished.remove(&key);
-        self.all.remove(&key);
-        self.by_status[entry.record.status().index()].remove(&key);
-        if let Some(set) = self.by_name.get_mut(entry.name_id) {
-            set.remove(&key);
+        let (status, name_id) = (entry.status(), entry.name_id());
+        let held = &self.held;
+        let key_of = |s| held.key(s);
+        self.finished.remove(slot, key_of);
+        self.all.remove(slot, key_of);
+        self.by_status[status.index()].remove(slot, key_of);
+        if let Some(index) = self.by_name.get_mut(name_id) {
+            index.remove(slot, key_of);
         }
-        if entry.keyed {
-            if let Some(k) = &entry.record.info.idempotency_key {
-                if self.keys.get(k.as_ref()) == Some(&id) {
-                    self.keys.remove(k.as_ref());
-                }
+        let Some(entry) = self.held.remove(slot) else {
+            return;
+        };
+        let id = entry.id();
+        if let Some(k) = entry.idempotency_key() {
+            if self.keys.get(k.as_ref()) == Some(&id) {
+                self.keys.remove(k.as_ref());
             }
         }
         self.dirty.remove(&id);
+        self.served.forget(id);
     }
 
     /// Drops the oldest finished records beyond `max_history`; with a file, only those
@@ -403,22 +358,25 @@ impl State {
         }
         if !self.persist {
             for _ in 0..excess {
-                let Some(&key) = self.finished.iter().next() else {
+                let Some(slot) = self.finished.first() else {
                     break;
                 };
-                self.evict(key);
+                self.evict(slot);
             }
             return;
         }
-        let victims: Vec<Key> = self
+        let victims: Vec<SlotNo> = self
             .finished
             .iter()
-            .filter(|k| !self.dirty.contains(&k.1))
+            .filter(|&s| {
+                self.held
+                    .at(s)
+                    .is_some_and(|e| !self.dirty.contains(&e.id()))
+            })
             .take(excess)
-            .copied()
             .collect();
-        for key in victims {
-            self.evict(key);
+        for slot in victims {
+            self.evict(slot);
         }
     }
 
@@ -426,17 +384,17 @@ impl State {
     /// running or succeeded, and created after `created_after` (µs) when there is a ttl.
     fn memory_holder(&self, key: &str, created_after: Option<i64>) -> Option<u128> {
         let &id = self.keys.get(key)?;
-        let r = &self.records.get(&id)?.record;
-        let fresh = created_after.is_none_or(|after| r.info.created_us > after);
-        (r.status().holds_key() && fresh).then_some(id)
+        let e = self.held.get(id)?;
+        let fresh = created_after.is_none_or(|after| e.created_us > after);
+        (e.status().holds_key() && fresh).then_some(id)
     }
 
     /// Whether a row the file lists as a key holder still holds: memory is newer than the
     /// file, so a record memory knows to have failed (its row not yet rewritten) does not.
     fn disk_row_holds(&self, task_id: &str) -> bool {
         parse_uuid(task_id)
-            .and_then(|id| self.records.get(&id))
-            .is_none_or(|e| e.record.status().holds_key())
+            .and_then(|id| self.held.get(id))
+            .is_none_or(|e| e.status().holds_key())
     }
 
     /// The holder of idempotency `key`: in memory, else among the stored holders `on_disk`
@@ -456,20 +414,36 @@ impl State {
             .map(TaskId::Stored)
     }
 
-    fn add_to_indexes(&mut self, key: Key, status: Status, name_id: usize) {
-        self.all.insert(key);
-        self.by_status[status.index()].insert(key);
+    /// Holds `entry` and adds it to the indexes of its status and name.
+    fn hold(&mut self, entry: Entry, status: Status) {
+        let name_id = entry.name_id();
+        let slot = self.held.insert(entry);
+        let held = &self.held;
+        let key_of = |s| held.key(s);
+        self.all.insert(slot, key_of);
+        self.by_status[status.index()].insert(slot, key_of);
         if name_id >= self.by_name.len() {
-            self.by_name.resize_with(name_id + 1, BTreeSet::new);
+            self.by_name.resize_with(name_id + 1, SlotIndex::default);
         }
-        self.by_name[name_id].insert(key);
+        self.by_name[name_id].insert(slot, key_of);
+    }
+
+    /// The JSON object of the record in `slot` as served: kept from the last read if it has
+    /// not changed since.
+    fn served_json(&mut self, slot: SlotNo) -> Option<Arc<[u8]>> {
+        let State { held, served, .. } = self;
+        let entry = held.at(slot)?;
+        let id = entry.id();
+        Some(served.get_or_write(id, entry.rev, |buf| {
+            held.write_json(entry, buf, UuidText::new(id).as_str());
+        }))
     }
 
     /// An id no record in memory has.
     fn fresh_id(&self) -> u128 {
         loop {
             let id = new_uuid4();
-            if !self.records.contains_key(&id) {
+            if !self.held.contains(id) {
                 return id;
             }
         }
@@ -507,11 +481,9 @@ impl State {
     /// journal row is in the file already, so no flush needs to write it.
     fn add(&mut self, id: u128, name_id: usize, record: Record, journal: bool, written: bool) {
         let info = &record.info;
-        let keyed = info.idempotency_key.is_some();
         if let Some(k) = &info.idempotency_key {
             self.keys.insert(Arc::clone(k), id);
         }
-        self.add_to_indexes((info.created_us, id), Status::Pending, name_id);
         self.metrics.created(name_id, Status::Pending);
         *self
             .queue_pending
@@ -527,16 +499,7 @@ impl State {
         if journal && !written {
             self.journal_dirty.insert(id);
         }
-        self.records.insert(
-            id,
-            Entry {
-                record,
-                name_id,
-                keyed,
-                json: None,
-                journal,
-            },
-        );
+        self.hold(Entry::new(id, name_id, record, journal), Status::Pending);
     }
 
     /// Adds a new pending record of `t`, counts it and emits its `created` event.
@@ -551,7 +514,7 @@ impl State {
     /// held; `how` says whether it is counted and announced.
     fn load_journaled(&mut self, d: DiskRecord, how: Load) -> Option<(String, Record)> {
         let id = parse_uuid(&d.task_id)?;
-        if self.records.contains_key(&id) {
+        if self.held.contains(id) {
             return None;
         }
         let mut record = d.record;
@@ -562,7 +525,6 @@ impl State {
         }
         let status = record.status();
         let name_id = self.names.intern(&record.info.func_name);
-        self.add_to_indexes((record.info.created_us, id), status, name_id);
         if how == Load::Adopted {
             self.metrics.created(name_id, status);
         }
@@ -580,20 +542,12 @@ impl State {
                 .entry(Arc::clone(&record.info.queue))
                 .or_insert(0) += 1;
         }
-        let keyed = record.info.idempotency_key.is_some();
         if let Some(k) = &record.info.idempotency_key {
             if self.memory_holder(k, None).is_none() {
                 self.keys.insert(Arc::clone(k), id);
             }
         }
-        let entry = Entry {
-            record: record.clone(),
-            name_id,
-            keyed,
-            json: None,
-            journal: true,
-        };
-        self.records.insert(id, entry);
+        self.hold(Entry::new(id, name_id, record.clone(), true), status);
         Some((d.task_id, record))
     }
 
@@ -601,12 +555,9 @@ impl State {
     fn finished_before(&self, end_before_us: i64) -> Vec<u128> {
         self.finished
             .iter()
-            .map(|&(_, id)| id)
-            .filter(|id| {
-                self.records
-                    .get(id)
-                    .is_some_and(|e| e.record.progress.end_us.is_some_and(|t| t < end_before_us))
-            })
+            .filter_map(|s| self.held.at(s))
+            .filter(|e| e.end_us().is_some_and(|t| t < end_before_us))
+            .map(Entry::id)
             .collect()
     }
 
@@ -616,7 +567,7 @@ impl State {
     fn remove_deleted(&mut self, ids: &[u128], rows: &[DeletedRow]) -> usize {
         let mut removed = 0;
         for row in rows {
-            match parse_uuid(&row.task_id).filter(|id| self.records.contains_key(id)) {
+            match parse_uuid(&row.task_id).filter(|&id| self.held.contains(id)) {
                 Some(id) => removed += usize::from(self.remove_finished(id)),
                 None => self.forget_row(&row.row),
             }
@@ -630,15 +581,18 @@ impl State {
     /// Removes a finished record from memory and from the metrics; false when it is not
     /// held or not finished.
     fn remove_finished(&mut self, id: u128) -> bool {
-        let Some(entry) = self.records.get(&id) else {
+        let Some(slot) = self.held.slot_of(id) else {
             return false;
         };
-        let r = &entry.record;
-        if !r.status().is_finished() {
+        let Some(entry) = self.held.at(slot) else {
+            return false;
+        };
+        let status = entry.status();
+        if !status.is_finished() {
             return false;
         }
-        let (status, duration, name_id) = (r.status(), r.progress.duration(), entry.name_id);
-        self.evict((r.info.created_us, id));
+        let (duration, name_id) = (entry.duration(), entry.name_id());
+        self.evict(slot);
         self.metrics.forget(name_id, status, duration);
         true
     }
@@ -659,7 +613,7 @@ impl State {
     /// Copies of the records a flush must write.
     fn unwritten_batch(&self) -> Vec<(u128, Record)> {
         let ids = self.dirty.iter().chain(&self.journal_dirty);
-        ids.filter_map(|id| self.records.get(id).map(|e| (*id, e.record.clone())))
+        ids.filter_map(|&id| self.held.get(id).map(|e| (id, self.held.record(e))))
             .collect()
     }
 
@@ -671,58 +625,55 @@ impl State {
         }
     }
 
-    /// Memory records matching the filters with a key below `before`, newest first.
-    fn page_keys(
+    /// Slots of the memory records matching the filters with a key below `before`, newest
+    /// first.
+    fn page_slots(
         &self,
         status: Option<Status>,
         name_id: Option<usize>,
         tag: Option<(&str, &str)>,
         before: Option<(i64, &str)>,
         limit: usize,
-    ) -> Vec<Key> {
+    ) -> Vec<SlotNo> {
         let upto = before.map(|(c, _)| (c, u128::MAX));
-        let newest_first = |set| newest_first(set, upto);
-        let candidates: Box<dyn Iterator<Item = Key> + '_> = match (status, name_id) {
+        let held = &self.held;
+        let index = match (status, name_id) {
             (Some(s), Some(n)) => {
                 let by_s = &self.by_status[s.index()];
                 let by_n = &self.by_name[n];
-                newest_first(if by_s.len() <= by_n.len() { by_s } else { by_n })
+                if by_s.len() <= by_n.len() {
+                    by_s
+                } else {
+                    by_n
+                }
             }
-            (Some(s), None) => newest_first(&self.by_status[s.index()]),
-            (None, Some(n)) => newest_first(&self.by_name[n]),
-            (None, None) => newest_first(&self.all),
+            (Some(s), None) => &self.by_status[s.index()],
+            (None, Some(n)) => &self.by_name[n],
+            (None, None) => &self.all,
         };
         let mut out = Vec::with_capacity(limit.min(1024));
-        for (created, id) in candidates {
+        for slot in index.newest_first(upto, |s| held.key(s)) {
             if out.len() >= limit {
                 break;
             }
+            let Some(entry) = held.at(slot) else {
+                continue;
+            };
             if let Some((c, cursor_id)) = before {
                 // Ids compare as their text, which is what the cursor carries.
-                if created == c && UuidText::new(id).as_str() >= cursor_id {
+                if entry.created_us == c && UuidText::new(entry.id()).as_str() >= cursor_id {
                     continue;
                 }
             }
-            let Some(entry) = self.records.get(&id) else {
-                continue;
-            };
-            if status.is_some_and(|s| entry.record.status() != s)
-                || name_id.is_some_and(|n| entry.name_id != n)
-                || tag.is_some_and(|t| !has_tag(entry.record.info.tags.as_ref(), t))
+            if status.is_some_and(|s| entry.status() != s)
+                || name_id.is_some_and(|n| entry.name_id() != n)
+                || tag.is_some_and(|t| !has_tag(entry.tags(), t))
             {
                 continue;
             }
-            out.push((created, id));
+            out.push(slot);
         }
         out
-    }
-}
-
-/// Keys `<= upto` (all when `None`), newest first.
-fn newest_first(set: &BTreeSet<Key>, upto: Option<Key>) -> Box<dyn Iterator<Item = Key> + '_> {
-    match upto {
-        Some(u) => Box::new(set.range(..=u).rev().copied()),
-        None => Box::new(set.iter().rev().copied()),
     }
 }
 
@@ -855,14 +806,15 @@ impl TaskStore {
             _ => None,
         };
         let mut state = State {
-            records: HashMap::default(),
-            all: BTreeSet::new(),
+            held: Held::default(),
+            served: ServedJson::default(),
+            all: SlotIndex::default(),
             by_status: Default::default(),
             by_name: Vec::new(),
             names: NameTable::default(),
             strings: Interner::default(),
             keys: HashMap::new(),
-            finished: KeyIndex::default(),
+            finished: SlotIndex::default(),
             dirty: HashSet::default(),
             journal_dirty: HashSet::default(),
             health: Health::default(),
@@ -947,7 +899,7 @@ impl TaskStore {
     }
 
     pub(crate) fn memory_len(&self) -> usize {
-        self.lock().records.len()
+        self.lock().held.len()
     }
 
     /// Creates a pending record, or returns the current holder of the idempotency key.
@@ -1119,15 +1071,18 @@ impl TaskStore {
         let now = now_us();
         let mut guard = self.lock();
         let st = &mut *guard;
-        let entry = st
-            .records
-            .get_mut(&id)
-            .ok_or_else(|| CoreError::UnknownTask(task_id.to_owned()))?;
-        let p = &mut entry.record.progress;
-        let from = p.status;
+        let unknown = || CoreError::UnknownTask(task_id.to_owned());
+        let slot = st.held.slot_of(id).ok_or_else(unknown)?;
+        let entry = st.held.at_mut(slot).ok_or_else(unknown)?;
+        let from = entry.status();
         if !from.can_move_to(to) {
             return Ok(false);
         }
+        entry.rev += 1;
+        let (name_id, journal) = (entry.name_id(), entry.journal);
+        // Only finished records are compact, and they do not move.
+        let record = entry.full_mut().ok_or_else(unknown)?;
+        let p = &mut record.progress;
         let retries_changed = change.retries_used.is_some_and(|r| r != p.retries_used);
         if error.is_some() {
             p.error = error;
@@ -1147,19 +1102,15 @@ impl TaskStore {
             p.end_us = Some(now);
         }
         let duration = p.duration();
-        entry.record.rev += 1;
-        entry.json = None;
-        let info = &entry.record.info;
-        let key = (info.created_us, id);
-        let name_id = entry.name_id;
-        if entry.journal && !finished && (from != to || retries_changed) {
+        let info = Arc::clone(&record.info);
+        if journal && !finished && (from != to || retries_changed) {
             st.journal_dirty.insert(id);
         }
         st.ring.push(Event::Task {
             created: false,
             id,
-            info: Arc::clone(info),
-            progress: entry.record.progress.clone(),
+            info: Arc::clone(&info),
+            progress: record.progress.clone(),
         });
         if finished && !to.holds_key() {
             if let Some(k) = &info.idempotency_key {
@@ -1168,9 +1119,11 @@ impl TaskStore {
                 }
             }
         }
+        let held = &st.held;
+        let key_of = |s| held.key(s);
         if from != to {
-            st.by_status[from.index()].remove(&key);
-            st.by_status[to.index()].insert(key);
+            st.by_status[from.index()].remove(slot, key_of);
+            st.by_status[to.index()].insert(slot, key_of);
             st.metrics.moved(name_id, from, to);
             if from == Status::Pending || to == Status::Pending {
                 let depth = st.queue_pending.entry(Arc::clone(&info.queue)).or_insert(0);
@@ -1185,7 +1138,8 @@ impl TaskStore {
             if let Some(d) = duration {
                 st.metrics.duration(name_id, d);
             }
-            st.finished.insert(key);
+            st.finished.insert(slot, key_of);
+            st.held.compact(slot);
             // From now on its row is an ordinary finished row.
             st.journal_dirty.remove(&id);
             if st.persist {
@@ -1203,19 +1157,13 @@ impl TaskStore {
         let line: Arc<str> = Arc::from(line);
         let mut guard = self.lock();
         let st = &mut *guard;
-        let entry = st
-            .records
-            .get_mut(&id)
+        let slot = st
+            .held
+            .slot_of(id)
             .ok_or_else(|| CoreError::UnknownTask(task_id.to_owned()))?;
-        entry.json = None;
-        let record = &mut entry.record;
-        while record.logs.len() >= st.max_log_lines {
-            record.logs.pop_front();
-            record.logs_dropped += 1;
-        }
-        record.logs.push_back(Arc::clone(&line));
-        record.rev += 1;
-        if st.persist && record.status().is_finished() {
+        st.held.push_log(slot, Arc::clone(&line), st.max_log_lines);
+        let finished = st.held.at(slot).is_some_and(|e| e.status().is_finished());
+        if st.persist && finished {
             st.dirty.insert(id);
         }
         st.ring.push(Event::Log { id, line });
@@ -1225,7 +1173,8 @@ impl TaskStore {
     /// A copy of the in-memory record with this id.
     pub(crate) fn get_memory(&self, task_id: &str) -> Option<Record> {
         let id = parse_uuid(task_id)?;
-        self.lock().records.get(&id).map(|e| e.record.clone())
+        let st = self.lock();
+        st.held.get(id).map(|e| st.held.record(e))
     }
 
     /// The stored record with this id (blocking file read).
@@ -1250,9 +1199,10 @@ impl TaskStore {
         let id = parse_uuid(task_id)?;
         let (json, dropped, retry_of) = {
             let mut st = self.lock();
-            let entry = st.records.get_mut(&id)?;
-            let retry_of = entry.record.info.retry_of.clone();
-            (entry.json(id), entry.record.logs_dropped, retry_of)
+            let slot = st.held.slot_of(id)?;
+            let json = st.served_json(slot)?;
+            let entry = st.held.at(slot)?;
+            (json, entry.logs_dropped(), entry.retry_of().cloned())
         };
         Some(detail_json(&json, dropped, retry_of.as_deref()))
     }
@@ -1302,9 +1252,9 @@ impl TaskStore {
                 None => None,
             };
             if req.func_name.is_none() || name_id.is_some() {
-                for key in st.page_keys(status, name_id, tag, before, want) {
-                    if let Some(entry) = st.records.get_mut(&key.1) {
-                        mem.push((key, entry.json(key.1)));
+                for slot in st.page_slots(status, name_id, tag, before, want) {
+                    if let Some(json) = st.served_json(slot) {
+                        mem.push((st.held.key(slot), json));
                     }
                 }
             }
@@ -1401,9 +1351,11 @@ impl TaskStore {
             };
             {
                 let st = self.lock();
-                kept.extend(batch.into_iter().filter(|d| {
-                    parse_uuid(&d.task_id).is_none_or(|id| !st.records.contains_key(&id))
-                }));
+                kept.extend(
+                    batch
+                        .into_iter()
+                        .filter(|d| parse_uuid(&d.task_id).is_none_or(|id| !st.held.contains(id))),
+                );
             }
             let newer_in_memory = mem
                 .iter()
@@ -1517,7 +1469,7 @@ impl TaskStore {
         match &result {
             Ok(_) => {
                 for (id, rev) in revs {
-                    if st.records.get(&id).is_some_and(|e| e.record.rev == rev) {
+                    if st.held.get(id).is_some_and(|e| e.rev == rev) {
                         st.dirty.remove(&id);
                         st.journal_dirty.remove(&id);
                     }
@@ -1584,7 +1536,7 @@ impl TaskStore {
         {
             let st = self.lock();
             let mut seen = HashSet::with_capacity(records.len());
-            records.retain(|(id, _)| !st.records.contains_key(id) && seen.insert(*id));
+            records.retain(|(id, _)| !st.held.contains(*id) && seen.insert(*id));
         }
         let adoption = snap.adopt(records, &self.instance_id)?;
         let mut st = self.lock();
@@ -1634,7 +1586,7 @@ impl TaskStore {
         let id = parse_uuid(task_id);
         let finished_in_memory = id.and_then(|id| {
             let st = self.lock();
-            st.records.get(&id).map(|e| e.record.status().is_finished())
+            st.held.get(id).map(|e| e.status().is_finished())
         });
         if finished_in_memory == Some(false) {
             return Ok(false);
