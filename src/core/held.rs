@@ -31,7 +31,7 @@ pub(crate) struct Entry {
     /// Bumped on every change; a flush clears the dirty mark only if it is unchanged. (A full
     /// body's own `rev` is not kept: this one is.)
     pub(crate) rev: u64,
-    pub(crate) name_id: u32,
+    name_id: u32,
     /// Whether its unfinished row is kept in the file, owned by this store.
     pub(crate) journal: bool,
     body: Body,

@@ -5,9 +5,12 @@
 //! `chunk` slots. Keys arrive near the back (a record is created now), so an append fills the
 //! last chunk completely before it opens the next; a key landing in a full chunk elsewhere
 //! splits it in half. A key may leave from anywhere (a task that starts out of order, the
-//! oldest finished record behind a long queue of pending ones): that shifts one chunk at
-//! most; an emptied chunk is dropped and a nearly empty one merges into a neighbour, so the
-//! chunks stay at least about half full.
+//! oldest finished record behind a long queue of pending ones): that shifts the shorter side
+//! of one chunk at most, and nothing for a first key (retention, a queue served in order); an
+//! emptied chunk is dropped and a nearly empty one merges into a neighbour, so the chunks
+//! stay at least about half full.
+
+use std::collections::VecDeque;
 
 /// Newest-first ordering key of a record.
 pub(crate) type Key = (i64, u128);
@@ -22,7 +25,7 @@ const CHUNK: usize = 512;
 #[derive(Debug)]
 pub(crate) struct SlotIndex {
     /// Never empty chunks, each sorted, each ending below the next one's first key.
-    chunks: Vec<Vec<SlotNo>>,
+    chunks: Vec<VecDeque<SlotNo>>,
     chunk: usize,
     len: usize,
 }
@@ -54,13 +57,13 @@ impl SlotIndex {
         if self
             .chunks
             .get(last)
-            .and_then(|c| c.first())
+            .and_then(|c| c.front())
             .is_some_and(|&s| key_of(s) <= key)
         {
             return last;
         }
         self.chunks
-            .partition_point(|c| c.last().is_some_and(|&s| key_of(s) < key))
+            .partition_point(|c| c.back().is_some_and(|&s| key_of(s) < key))
             .min(last)
     }
 
@@ -74,7 +77,7 @@ impl SlotIndex {
         let is_last = at + 1 == self.chunks.len();
         let cap = self.chunk;
         let chunk = &mut self.chunks[at];
-        let pos = if chunk.last().is_some_and(|&s| key_of(s) < key) {
+        let pos = if chunk.back().is_some_and(|&s| key_of(s) < key) {
             chunk.len()
         } else {
             match chunk.binary_search_by(|&s| key_of(s).cmp(&key)) {
@@ -87,13 +90,13 @@ impl SlotIndex {
             chunk.insert(pos, slot);
             return true;
         }
-        let mut tail = Vec::with_capacity(cap);
+        let mut tail = VecDeque::with_capacity(cap);
         if is_last && pos == chunk.len() {
             // An append: the full chunk stays full.
-            tail.push(slot);
+            tail.push_back(slot);
         } else {
             let half = chunk.len() / 2;
-            tail.extend_from_slice(&chunk[half..]);
+            tail.extend(chunk.range(half..));
             chunk.truncate(half);
             if pos <= half {
                 chunk.insert(pos, slot);
@@ -105,14 +108,14 @@ impl SlotIndex {
         true
     }
 
-    fn new_chunk(&self) -> Vec<SlotNo> {
-        Vec::with_capacity(self.chunk)
+    fn new_chunk(&self) -> VecDeque<SlotNo> {
+        VecDeque::with_capacity(self.chunk)
     }
 
     /// Removes `slot` (its key must be the one it was inserted with); false when absent.
     pub(crate) fn remove(&mut self, slot: SlotNo, key_of: impl Fn(SlotNo) -> Key) -> bool {
         // Retention removes the oldest: no search for it.
-        let (at, pos) = if self.chunks.first().and_then(|c| c.first()) == Some(&slot) {
+        let (at, pos) = if self.chunks.first().and_then(|c| c.front()) == Some(&slot) {
             (0, 0)
         } else {
             let key = key_of(slot);
@@ -156,12 +159,12 @@ impl SlotIndex {
         };
         let (first, second) = (at.min(into), at.max(into));
         let moved = self.chunks.remove(second);
-        self.chunks[first].extend_from_slice(&moved);
+        self.chunks[first].extend(moved);
     }
 
     /// The slot of the lowest key.
     pub(crate) fn first(&self) -> Option<SlotNo> {
-        self.chunks.first().and_then(|c| c.first()).copied()
+        self.chunks.first().and_then(|c| c.front()).copied()
     }
 
     /// Slots in ascending key order.
@@ -180,7 +183,7 @@ impl SlotIndex {
             Some(u) => {
                 let at = self
                     .chunks
-                    .partition_point(|c| c.last().is_some_and(|&s| key_of(s) <= u));
+                    .partition_point(|c| c.back().is_some_and(|&s| key_of(s) <= u));
                 let end = self
                     .chunks
                     .get(at)
@@ -188,9 +191,10 @@ impl SlotIndex {
                 (at, end)
             }
         };
-        let partial = self.chunks.get(at).map_or(&[][..], |c| &c[..end]);
+        let partial = self.chunks.get(at).map(|c| c.range(..end));
         partial
-            .iter()
+            .into_iter()
+            .flatten()
             .rev()
             .chain(self.chunks[..at].iter().rev().flat_map(|c| c.iter().rev()))
             .copied()
@@ -209,7 +213,7 @@ mod tests {
     }
 
     fn chunk_lens(ix: &SlotIndex) -> Vec<usize> {
-        ix.chunks.iter().map(Vec::len).collect()
+        ix.chunks.iter().map(VecDeque::len).collect()
     }
 
     proptest! {
