@@ -95,8 +95,38 @@ pub(crate) fn unknown_status_message(s: &str) -> String {
 }
 
 thread_local! {
-    /// The process that seeded this thread's generator (0: not seeded yet).
-    static SEEDED_BY: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// The process generation (see [`process_generation`]) that seeded this thread's
+    /// generator; `None` before the first id.
+    static SEEDED_IN: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Forks that led to this process, counted in each child by a fork handler.
+#[cfg(unix)]
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What tells this process from its parent and from its forked children, asked on every id.
+///
+/// The pid would do, but asking for it is a system call (glibc no longer caches it), a tenth
+/// of what a `create` costs: a fork handler counting forks makes it a load instead. Where no
+/// handler could be registered (or there is no `fork`), the pid.
+fn process_generation() -> u64 {
+    #[cfg(unix)]
+    {
+        use std::sync::atomic::Ordering;
+        static COUNTING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        extern "C" fn count_fork() {
+            FORKS.fetch_add(1, Ordering::Relaxed);
+        }
+        let counting = *COUNTING.get_or_init(|| {
+            // SAFETY: the handler lives as long as the process (a plain function) and only
+            // bumps an atomic, which is async-signal-safe, as the child of a fork requires.
+            unsafe { libc::pthread_atfork(None, None, Some(count_fork)) == 0 }
+        });
+        if counting {
+            return FORKS.load(Ordering::Relaxed);
+        }
+    }
+    u64::from(std::process::id())
 }
 
 /// Seeds this thread's generator from the OS, once per thread and again in a forked child.
@@ -106,15 +136,15 @@ thread_local! {
 /// child forked after the parent drew ids (a preloading server) would repeat them.
 fn seed_from_os() {
     use std::hash::{BuildHasher, Hasher};
-    let pid = std::process::id();
-    SEEDED_BY.with(|seeded| {
-        if seeded.get() != pid {
+    let generation = process_generation();
+    SEEDED_IN.with(|seeded| {
+        if seeded.get() != Some(generation) {
             // RandomState's keys come from the OS's random source, but a forked child inherits
             // them: the pid tells siblings apart.
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u32(pid);
+            hasher.write_u32(std::process::id());
             fastrand::seed(hasher.finish());
-            seeded.set(pid);
+            seeded.set(Some(generation));
         }
     });
 }
