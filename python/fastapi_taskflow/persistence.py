@@ -43,11 +43,6 @@ KEEP_UP_ROWS = 1_000
 #: shutdown, instead of being written on the other CPU while the tasks still run.
 HIGH_WATER = 1_000
 
-#: While a write is on its way, every this many asks ``soon()`` lets the writer thread take
-#: the GIL it may be waiting for, to start the write or to hand it back: otherwise it waits
-#: for the interpreter's switch interval (5 ms), idle, while the rows pile up.
-YIELD_EVERY = 128
-
 #: Pause after the first failed write; it doubles with each failure up to the flush interval.
 FIRST_RETRY_PAUSE = 0.5
 
@@ -127,8 +122,6 @@ class SnapshotWriter:
             return
         self._wake.set()
         self._asks += 1
-        if self._asks % YIELD_EVERY == 0 and self._writing is not None and not self._writing.done():
-            time.sleep(0)
         if self._asks >= HIGH_WATER and self._may_start_early():
             self._start_write()
 
