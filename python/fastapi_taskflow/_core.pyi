@@ -184,6 +184,14 @@ class TaskStore:
         the module docstring; ignored without a file). Emits a ``created`` event.
         """
 
+    def create_plain(self, func_name: str, queue: str, executor: str, /) -> str:
+        """``create(func_name, queue=queue, executor=executor)[0]``, for the common task.
+
+        No idempotency key, tags, priority or stored arguments; source "manual", not
+        journaled; so a record is always created. Positional, and the id alone, because
+        ``add_task`` calls it once per task and keyword parsing is most of the call.
+        """
+
     def transition(
         self,
         task_id: str,

@@ -81,11 +81,17 @@ fn bytes<'py>(py: Python<'py>, b: &Option<Arc<[u8]>>) -> Option<Bound<'py, PyByt
     b.as_deref().map(|b| PyBytes::new(py, b))
 }
 
+fn id_str<'py>(py: Python<'py>, id: &TaskId) -> Bound<'py, PyString> {
+    id.with_text(|text| PyString::new(py, text))
+}
+
 fn id_and_flag<'py>(py: Python<'py>, id: &TaskId, flag: bool) -> PyResult<Bound<'py, PyTuple>> {
-    let id = id.with_text(|text| PyString::new(py, text));
     PyTuple::new(
         py,
-        [id.into_any(), PyBool::new(py, flag).to_owned().into_any()],
+        [
+            id_str(py, id).into_any(),
+            PyBool::new(py, flag).to_owned().into_any(),
+        ],
     )
 }
 
@@ -357,6 +363,36 @@ impl TaskStore {
             self.inner.create(task)?
         };
         id_and_flag(py, &id, created)
+    }
+
+    /// ``create`` of the common task, without key, tags, priority or stored arguments: a
+    /// PENDING, manual, unjournaled record; returns its fresh id. Positional and without
+    /// the ``created`` flag because ``add_task`` makes this call once per task (no key
+    /// means always created) and keyword parsing is most of a binding's cost there.
+    #[pyo3(signature = (func_name, queue, executor, /))]
+    fn create_plain<'py>(
+        &self,
+        py: Python<'py>,
+        func_name: &str,
+        queue: &str,
+        executor: &str,
+    ) -> PyResult<Bound<'py, PyString>> {
+        let task = NewTask {
+            func_name,
+            queue,
+            executor: Some(executor),
+            priority: None,
+            source: "manual",
+            tags: None,
+            idempotency_key: None,
+            args_json: None,
+            kwargs_json: None,
+            encrypted_payload: None,
+            retry_of: None,
+            journal: false,
+        };
+        let (id, _) = self.inner.create(task)?;
+        Ok(id_str(py, &id))
     }
 
     /// Move a record to ``status``; False when the move is not allowed.

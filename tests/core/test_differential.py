@@ -191,6 +191,20 @@ class Differential(RuleBasedStateMachine):
         self.same(normalised)
         wait_for_next_microsecond()  # creation order is key order in both cores
 
+    @rule(
+        func_name=st.sampled_from(NAMES),
+        queue=st.sampled_from(["default", "emails"]),
+        executor=st.sampled_from(["thread", "async"]),
+    )
+    def create_plain(self, func_name: str, queue: str, executor: str) -> None:
+        results = {core: call(store.create_plain, func_name, queue, executor) for core, store in self.stores.items()}
+        normalised = {}
+        for core, (kind, value) in results.items():
+            assert kind == "ok", results
+            normalised[core] = self.norm_created(core, value, True)
+        self.same(normalised)
+        wait_for_next_microsecond()
+
     @precondition(lambda self: self.ids["rust"])
     @rule(
         i=st.integers(0, 10_000),

@@ -103,6 +103,23 @@ def test_create_stores_every_option(make_store: StoreFactory) -> None:
     assert {k: v for k, v in record.items() if k in DETAIL_KEYS} == as_json
 
 
+def test_create_plain_is_create_with_queue_and_executor(make_store: StoreFactory, db_path: str) -> None:
+    store = make_store(db_path)
+    plain_id = store.create_plain("send_email", "emails", "thread")
+    full_id, _ = store.create("send_email", queue="emails", executor="thread")
+    assert isinstance(plain_id, str) and uuid.UUID(plain_id).version == 4
+    assert plain_id != full_id
+    plain, full = store.get(plain_id), store.get(full_id)
+    for record in (plain, full):
+        del record["task_id"], record["created_at"]
+    assert plain == full
+    assert plain["source"] == "manual" and plain["status"] == "pending" and plain["queue"] == "emails"
+    created = [loads(data) for _, data in store.events_since(0)[0]]
+    assert [event["task"]["task_id"] for event in created] == [plain_id, full_id]
+    assert loads(store.metrics_json())["total"] == 2
+    assert store.flush() == 0  # not journaled, as create() without journal=True
+
+
 def test_tags_are_copied(make_store: StoreFactory) -> None:
     store = make_store()
     tags = {"a": "1"}

@@ -180,6 +180,40 @@ def _check_tags(tags: dict[str, str] | None) -> dict[str, str] | None:
     return dict(tags)
 
 
+def _pending_record(
+    func_name: str,
+    queue: str,
+    executor: str | None,
+    priority: int | None = None,
+    source: str = "manual",
+    tags: dict[str, str] | None = None,
+    idempotency_key: str | None = None,
+    args_json: bytes | None = None,
+    kwargs_json: bytes | None = None,
+    encrypted_payload: bytes | None = None,
+    retry_of: str | None = None,
+) -> Record:
+    """A new PENDING record with a fresh id, not held by any store yet."""
+    # The time is taken before the store's lock, as in the Rust core: a record that loses a race
+    # for the lock lands a little out of key order, which the indexes allow.
+    return Record(
+        new_task_id(),
+        func_name,
+        "pending",
+        time_ns() // 1000,
+        queue,
+        executor,
+        priority,
+        source,
+        tags,
+        idempotency_key,
+        args_json,
+        kwargs_json,
+        encrypted_payload,
+        retry_of,
+    )
+
+
 def _check_bytes(*values: bytes | None) -> None:
     if any(v is not None and type(v) is not bytes for v in values):
         raise TypeError("args_json, kwargs_json and encrypted_payload must be bytes or None")
@@ -347,13 +381,8 @@ class TaskStore:
     ) -> tuple[str, bool]:
         tags = _check_tags(tags)
         _check_bytes(args_json, kwargs_json, encrypted_payload)
-        # The time is taken before the lock, as in the Rust core: a record that loses a race for the
-        # lock lands a little out of key order, which the indexes allow.
-        rec = Record(
-            new_task_id(),
+        rec = _pending_record(
             func_name,
-            "pending",
-            time_ns() // 1000,
             queue,
             executor,
             priority,
@@ -374,6 +403,11 @@ class TaskStore:
                 return holder, False
             self._add(rec, journal)
         return rec.task_id, True
+
+    def create_plain(self, func_name: str, queue: str, executor: str, /) -> str:
+        rec = _pending_record(func_name, queue, executor)
+        self._add(rec, False)
+        return rec.task_id
 
     def _key_cutoff(self, now_us: int) -> float:
         """Creation times after which a record still holds its idempotency key, at ``now_us``."""
