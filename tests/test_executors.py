@@ -8,6 +8,7 @@ Process tasks are module-level functions: a spawned worker imports this module b
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sys
 import threading
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.anyio
 def make_task(manager: TaskManager, func: Callable[..., Any], *args: Any, **kwargs: Any) -> TrackedTask:
     spec = manager.spec_for(func)
     task_id, _ = manager.core.create(spec.name, executor=spec.executor)
-    return TrackedTask(manager, spec, task_id, args, kwargs, {})
+    return TrackedTask(manager.runner, spec, task_id, args, kwargs, {}, contextvars.copy_context())
 
 
 async def run_task(manager: TaskManager, func: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

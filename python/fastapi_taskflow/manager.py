@@ -11,6 +11,7 @@ import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextvars import copy_context
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -132,7 +133,7 @@ class TaskManager:
         if on_corrupt_snapshot not in ("raise", "move_aside"):
             raise ValueError(f"on_corrupt_snapshot must be 'raise' or 'move_aside', got {on_corrupt_snapshot!r}")
         self.snapshot_interval = snapshot_interval
-        self.requeue_pending = requeue_pending
+        self._requeue_pending = requeue_pending
         self.retry_replaces_original = retry_replaces_original
         self.registry = TaskRegistry()
         self.audit = AuditLog()
@@ -207,6 +208,24 @@ class TaskManager:
         #: Serialises writes of the queue limits, so that the last write holds the latest limits.
         self._queue_configs_lock = threading.Lock()
         self._queue_config_writes: set[asyncio.Future[None]] = set()
+        #: Whether a ``plain`` spec's task needs only its record here (see ``accept_if_plain``).
+        #: Kept with the settings it depends on: queues, writer, shared backend and cipher are
+        #: set at construction (a rotated key replaces one cipher with another), and
+        #: ``requeue_pending``'s setter refreshes it.
+        self._plain_tasks = self._takes_plain_tasks()
+
+    @property
+    def requeue_pending(self) -> bool:
+        """Whether every task is journaled, so that unfinished ones run again at the next start."""
+        return self._requeue_pending
+
+    @requeue_pending.setter
+    def requeue_pending(self, value: bool) -> None:
+        self._requeue_pending = value
+        self._plain_tasks = self._takes_plain_tasks()
+
+    def _takes_plain_tasks(self) -> bool:
+        return not self._queues and self.runner.cipher is None and self._writer_of_every_task() is None
 
     @property
     def queue_mode(self) -> bool:
@@ -390,9 +409,13 @@ class TaskManager:
         tasks with ``requeue_pending=True`` (``persist`` concerns its own function only);
         with a shared backend, every task (so that other instances see it and take it over).
         """
-        if self.writer is not None and (spec.config.persist or self.requeue_pending or self.shared is not None):
+        if spec.config.persist:
             return self.writer
-        return None
+        return self._writer_of_every_task()
+
+    def _writer_of_every_task(self) -> SnapshotWriter | None:
+        """The writer when it journals every task, persistent or not (``requeue_pending``, a shared backend)."""
+        return self.writer if self._requeue_pending or self.shared is not None else None
 
     def serialize_arguments(
         self,
@@ -515,11 +538,29 @@ class TaskManager:
         if not created:
             return task_id, None
         task = TrackedTask(
-            self, spec, task_id, args, kwargs, tags or {}, payload, writer is not None, context, idempotency_key
+            self.runner, spec, task_id, args, kwargs, tags or {}, copy_context() if context is None else context
         )
+        task.payload = payload
+        task.journaled = writer is not None
+        task.idempotency_key = idempotency_key
         if writer is not None:
             journaled_task_accepted(writer)
         return task_id, task
+
+    def accept_if_plain(self, func: TaskFunc, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TrackedTask | None:
+        """``accept`` of the common task in its fewest steps, or None when the task needs more.
+
+        For ``add_task`` called without key, tags, priority, eagerness or queue. The task
+        then needs only its record when its spec is ``plain`` and this manager has no queues,
+        no encryption and no journal of every task: nothing to encrypt, serialise, journal or
+        dispatch, and no key that may be held. Otherwise (and for unregistered functions,
+        which are rare) None: the caller takes the full ``accept``.
+        """
+        spec = self.registry.spec(func)
+        if spec is None or not spec.plain or not self._plain_tasks:
+            return None
+        task_id = self.core.create_plain(spec.name, spec.queue, spec.executor)
+        return TrackedTask(self.runner, spec, task_id, args, kwargs, {}, copy_context())
 
     def _arguments_json(
         self,
@@ -911,17 +952,17 @@ class TaskManager:
         args, kwargs, payload = arguments
         tags = record.get("tags")
         task = TrackedTask(
-            self,
+            self.runner,
             spec,
             task_id,
             args,
             kwargs,
             dict(tags) if isinstance(tags, dict) else {},
-            payload,
-            journaled=True,
-            context=contextvars.Context(),
-            idempotency_key=key if isinstance(key := record.get("idempotency_key"), str) else None,
+            contextvars.Context(),
         )
+        task.payload = payload
+        task.journaled = True
+        task.idempotency_key = key if isinstance(key := record.get("idempotency_key"), str) else None
         if self._queues:
             priority = record.get("priority")
             queue = record.get("queue")

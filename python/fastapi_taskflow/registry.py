@@ -22,6 +22,12 @@ class TaskSpec:
     name: str
     executor: ExecutorName
     is_async: bool
+    #: Its tasks need only a record and a place in the request's list, unless the call or
+    #: the manager asks for more: not run in a process (arguments checked per call), no
+    #: default priority, not eager, not persistent. Like ``name``, read from the config once.
+    plain: bool
+    #: The queue its tasks ask for when the call names none.
+    queue: str
 
     @classmethod
     def resolve(cls, func: TaskFunc, config: TaskConfig) -> TaskSpec:
@@ -31,7 +37,16 @@ class TaskSpec:
         )
         executor: ExecutorName = config.executor or ("async" if is_async else "thread")
         name = config.name or getattr(target, "__name__", None) or type(target).__name__
-        return cls(func=func, config=config, name=name, executor=executor, is_async=is_async)
+        plain = executor != "process" and config.priority is None and not config.eager and not config.persist
+        return cls(
+            func=func,
+            config=config,
+            name=name,
+            executor=executor,
+            is_async=is_async,
+            plain=plain,
+            queue=config.queue or "default",
+        )
 
 
 def _unwrap_partial(func: TaskFunc) -> TaskFunc:
@@ -68,15 +83,14 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._by_func: dict[TaskFunc, TaskSpec] = {}
         self._by_name: dict[str, TaskSpec] = {}
+        #: The spec of a registered function, else None; the dict's own lookup, as ``add_task`` asks per task.
+        self.spec: Callable[[TaskFunc], TaskSpec | None] = self._by_func.get
 
     def register(self, func: TaskFunc, config: TaskConfig) -> TaskSpec:
         spec = TaskSpec.resolve(func, config)
         self._by_func[func] = spec
         self._by_name[spec.name] = spec
         return spec
-
-    def spec(self, func: TaskFunc) -> TaskSpec | None:
-        return self._by_func.get(func)
 
     def get_config(self, func: TaskFunc) -> TaskConfig | None:
         spec = self._by_func.get(func)

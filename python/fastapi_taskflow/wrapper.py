@@ -13,6 +13,7 @@ from .queues import QueueFullError, check_priority
 from .registry import TaskSpec
 
 if TYPE_CHECKING:
+    from .execution import TaskRunner
     from .manager import TaskManager
 
 
@@ -24,33 +25,33 @@ class TrackedTask(BackgroundTask):
     snapshot file's journal, so a restart after a crash runs them again.
     """
 
+    # Most tasks have none of these: the class holds their values and a task that has
+    # one sets it after construction, so that add_task's common task sets fewer attributes.
+    payload: bytes | None = None
+    journaled: bool = False
+    idempotency_key: str | None = None
+    is_async = True
+
     def __init__(
         self,
-        manager: TaskManager,
+        runner: TaskRunner,
         spec: TaskSpec,
         task_id: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         tags: dict[str, str],
-        payload: bytes | None = None,
-        journaled: bool = False,
-        context: contextvars.Context | None = None,
-        idempotency_key: str | None = None,
+        context: contextvars.Context,
     ) -> None:
         # BackgroundTask.__init__ is skipped on purpose: it inspects the function on
         # every call, and our spec already knows how the function runs.
         self.func = spec.func
         self.args = args  # type: ignore[assignment]
         self.kwargs = kwargs  # type: ignore[assignment]
-        self.is_async = True
         self.task_id = task_id
         self.spec = spec
         self.tags = tags
-        self.payload = payload
-        self.journaled = journaled
-        self.context = contextvars.copy_context() if context is None else context
-        self.idempotency_key = idempotency_key
-        self._runner = manager.runner
+        self.context = context
+        self._runner = runner
 
     async def __call__(self) -> None:
         await self._runner.run(self)
@@ -88,6 +89,12 @@ class ManagedBackgroundTasks(BackgroundTasks):
         full queue raises ``QueueFullError``, after the task's record became rejected.
         """
         manager = self.task_manager
+        # Most calls pass none of the five options: their task may need nothing but its record.
+        if idempotency_key is None and tags is None and eager is None and priority is None and queue is None:
+            task = manager.accept_if_plain(func, args, kwargs)
+            if task is not None:
+                self.tasks.append(task)
+                return task.task_id
         spec = manager.spec_for(func)
         config = spec.config
         if spec.executor == "process":
