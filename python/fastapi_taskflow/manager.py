@@ -553,11 +553,11 @@ class TaskManager:
         For ``add_task`` called without key, tags, priority, eagerness or queue. The task
         then needs only its record when its spec is ``plain`` and this manager has no queues,
         no encryption and no journal of every task: nothing to encrypt, serialise, journal or
-        dispatch, and no key that may be held. Otherwise (and for unregistered functions,
-        which are rare) None: the caller takes the full ``accept``.
+        dispatch, and no key that may be held. Otherwise None: the caller takes the full ``accept``.
         """
-        spec = self.registry.spec(func)
-        if spec is None or not spec.plain or not self._plain_tasks:
+        # The registry's own lookup first: spec_for is one Python call more per task.
+        spec = self.registry.spec(func) or self.spec_for(func)
+        if not spec.plain or not self._plain_tasks:
             return None
         task_id = self.core.create_plain(spec.name, spec.queue, spec.executor)
         return TrackedTask(self.runner, spec, task_id, args, kwargs, {}, copy_context())
