@@ -39,7 +39,7 @@ pytestmark = pytest.mark.anyio
 def make_task(manager: TaskManager, func: Callable[..., Any], *args: Any, **kwargs: Any) -> TrackedTask:
     spec = manager.spec_for(func)
     task_id, _ = manager.core.create(spec.name, executor=spec.executor)
-    return TrackedTask(manager.runner, spec, task_id, args, kwargs, {}, contextvars.copy_context())
+    return TrackedTask(manager.runner, spec, task_id, args, kwargs, contextvars.copy_context())
 
 
 async def run_task(manager: TaskManager, func: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

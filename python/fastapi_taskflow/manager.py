@@ -537,9 +537,8 @@ class TaskManager:
         )
         if not created:
             return task_id, None
-        task = TrackedTask(
-            self.runner, spec, task_id, args, kwargs, tags or {}, copy_context() if context is None else context
-        )
+        task = TrackedTask(self.runner, spec, task_id, args, kwargs, copy_context() if context is None else context)
+        task.tags = tags or {}
         task.payload = payload
         task.journaled = writer is not None
         task.idempotency_key = idempotency_key
@@ -560,7 +559,7 @@ class TaskManager:
         if not spec.plain or not self._plain_tasks:
             return None
         task_id = self.core.create_plain(spec.name, spec.queue, spec.executor)
-        return TrackedTask(self.runner, spec, task_id, args, kwargs, {}, copy_context())
+        return TrackedTask(self.runner, spec, task_id, args, kwargs, copy_context())
 
     def _arguments_json(
         self,
@@ -951,15 +950,8 @@ class TaskManager:
             return
         args, kwargs, payload = arguments
         tags = record.get("tags")
-        task = TrackedTask(
-            self.runner,
-            spec,
-            task_id,
-            args,
-            kwargs,
-            dict(tags) if isinstance(tags, dict) else {},
-            contextvars.Context(),
-        )
+        task = TrackedTask(self.runner, spec, task_id, args, kwargs, contextvars.Context())
+        task.tags = dict(tags) if isinstance(tags, dict) else {}
         task.payload = payload
         task.journaled = True
         task.idempotency_key = key if isinstance(key := record.get("idempotency_key"), str) else None

@@ -31,6 +31,7 @@ class TrackedTask(BackgroundTask):
     journaled: bool = False
     idempotency_key: str | None = None
     is_async = True
+    _tags: dict[str, str] | None = None
 
     def __init__(
         self,
@@ -39,7 +40,6 @@ class TrackedTask(BackgroundTask):
         task_id: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        tags: dict[str, str],
         context: contextvars.Context,
     ) -> None:
         # BackgroundTask.__init__ is skipped on purpose: it inspects the function on
@@ -49,9 +49,24 @@ class TrackedTask(BackgroundTask):
         self.kwargs = kwargs  # type: ignore[assignment]
         self.task_id = task_id
         self.spec = spec
-        self.tags = tags
         self.context = context
         self._runner = runner
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags given to ``add_task``; for a task without any, an empty dict made when first read.
+
+        Not made at ``add_task``: every object a task holds from then until it runs is one
+        more for the garbage collector to count and promote while the request goes on.
+        """
+        tags = self._tags
+        if tags is None:
+            tags = self._tags = {}
+        return tags
+
+    @tags.setter
+    def tags(self, tags: dict[str, str]) -> None:
+        self._tags = tags
 
     async def __call__(self) -> None:
         await self._runner.run(self)
