@@ -538,10 +538,14 @@ class TaskManager:
         if not created:
             return task_id, None
         task = TrackedTask(self.runner, spec, task_id, args, kwargs, copy_context() if context is None else context)
-        task.tags = tags or {}
-        task.payload = payload
-        task.journaled = writer is not None
-        task.idempotency_key = idempotency_key
+        if tags:
+            task.tags = tags
+        if payload is not None:
+            task.payload = payload
+        if writer is not None:
+            task.journaled = True
+        if idempotency_key is not None:
+            task.idempotency_key = idempotency_key
         if writer is not None:
             journaled_task_accepted(writer)
         return task_id, task
@@ -554,9 +558,11 @@ class TaskManager:
         no encryption and no journal of every task: nothing to encrypt, serialise, journal or
         dispatch, and no key that may be held. Otherwise None: the caller takes the full ``accept``.
         """
+        if not self._plain_tasks:
+            return None
         # The registry's own lookup first: spec_for is one Python call more per task.
         spec = self.registry.spec(func) or self.spec_for(func)
-        if not spec.plain or not self._plain_tasks:
+        if not spec.plain:
             return None
         task_id = self.core.create_plain(spec.name, spec.queue, spec.executor)
         return TrackedTask(self.runner, spec, task_id, args, kwargs, copy_context())
@@ -951,7 +957,8 @@ class TaskManager:
         args, kwargs, payload = arguments
         tags = record.get("tags")
         task = TrackedTask(self.runner, spec, task_id, args, kwargs, contextvars.Context())
-        task.tags = dict(tags) if isinstance(tags, dict) else {}
+        if isinstance(tags, dict) and tags:
+            task.tags = dict(tags)
         task.payload = payload
         task.journaled = True
         task.idempotency_key = key if isinstance(key := record.get("idempotency_key"), str) else None
