@@ -188,8 +188,8 @@ impl TaskId {
     }
 }
 
-#[cfg(test)]
 impl<'a> NewTask<'a> {
+    /// A task of `func_name` with every option at its default: the common `add_task` call.
     pub(crate) fn named(func_name: &'a str) -> NewTask<'a> {
         NewTask {
             func_name,

@@ -378,18 +378,9 @@ impl TaskStore {
         executor: &str,
     ) -> PyResult<Bound<'py, PyString>> {
         let task = NewTask {
-            func_name,
             queue,
             executor: Some(executor),
-            priority: None,
-            source: "manual",
-            tags: None,
-            idempotency_key: None,
-            args_json: None,
-            kwargs_json: None,
-            encrypted_payload: None,
-            retry_of: None,
-            journal: false,
+            ..NewTask::named(func_name)
         };
         let (id, _) = self.inner.create(task)?;
         Ok(id_str(py, &id))
