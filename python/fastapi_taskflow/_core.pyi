@@ -322,6 +322,15 @@ class TaskStore:
         Releases the GIL.
         """
 
+    def flush_in_background(self) -> bool:
+        """Start ``flush()`` on a thread of its own and return at once.
+
+        For a caller holding the GIL (the event loop's thread): it never waits for the
+        write, and the thread needs no GIL. False, with nothing started, without a file or
+        while the last flush started this way still runs. Its outcome is the metrics'
+        ``snapshot`` object, as any flush's: a failed write leaves its records for the next.
+        """
+
     def claim_orphans(self) -> list[dict[str, object]]:
         """Take over the unfinished rows of owners that are gone, and load them.
 

@@ -5,8 +5,9 @@ Three kinds of demand reach it. A request that accepted journaled tasks waits fo
 while a write runs shares the next one, so a busy server writes one transaction per
 batch of requests, never one per task. A finished task asks for a write *soon*
 (``soon()``): completions close in time share one transaction after a short window,
-and every ``HIGH_WATER`` asks start one at once, even while the event loop gets no turn.
-And with nothing asked, the writer still writes every ``interval`` seconds.
+and every ``HIGH_WATER`` asks start one at once on the core's own thread, even while a
+run of tasks gives the event loop no turn. And with nothing asked, the writer still
+writes every ``interval`` seconds.
 
 A failed write (disk full, read-only file, a lock held too long) loses nothing: the
 core keeps the records as unwritten, the failure shows in ``/tasks/metrics``, and the
@@ -16,10 +17,10 @@ writer retries with a growing pause until a write succeeds again.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from .errors import SnapshotError
@@ -37,10 +38,12 @@ BATCH_WINDOW = 0.05
 #: A write of at least this many records is followed by the next one without a pause.
 KEEP_UP_ROWS = 1_000
 
-#: Asks for a write after which ``soon()`` itself hands one to the writer thread. Tasks run
-#: back to back (one request's background tasks) give the event loop, and so the writer's
-#: loop, no turn: without this their rows would all wait for the next turn, at worst for
-#: shutdown, instead of being written on the other CPU while the tasks still run.
+#: Asks for a write after which ``soon()`` starts one itself (``TaskStore.flush_in_background``).
+#: Tasks run back to back (one request's background tasks) give the event loop, and so this
+#: writer, no turn: without it their rows would wait for the next turn, at worst for
+#: shutdown, instead of being written on the other CPU while the tasks still run. The core's
+#: thread needs no GIL, which a run of tasks holds: a write handed to a Python thread would
+#: wait for it to start and again to finish.
 HIGH_WATER = 1_000
 
 #: Pause after the first failed write; it doubles with each failure up to the flush interval.
@@ -62,15 +65,11 @@ class SnapshotWriter:
         self._halt: asyncio.Event | None = None
         self._waiters: list[asyncio.Future[bool]] = []
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        #: Asks for a write since the last write started (see ``HIGH_WATER``).
-        self._asks = 0
-        #: The write started last, as the writer thread sees it: done as soon as the thread is,
-        #: while the event loop may not have had a turn to take its outcome yet.
-        self._writing: concurrent.futures.Future[int] | None = None
         # A thread of its own: a write never queues behind the application's blocking work.
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskflow-snapshot")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskflow-snapshot")
         self._failures = 0
+        #: Asks for a write since the last one started (see ``HIGH_WATER``).
+        self._asks = 0
         self._stopping = False
         self._next_retention = 0.0
         #: Transactions that wrote at least one record (for tests and diagnostics).
@@ -95,7 +94,6 @@ class SnapshotWriter:
     def start(self) -> None:
         """Start the loop on the running event loop (again after a ``stop()``: apps may restart)."""
         if self._task is None:
-            self._loop = asyncio.get_running_loop()
             self._wake = wake = asyncio.Event()
             self._halt = halt = asyncio.Event()
             self._task = asyncio.create_task(self._run(wake, halt), name="taskflow-snapshot")
@@ -122,18 +120,17 @@ class SnapshotWriter:
             return
         self._wake.set()
         self._asks += 1
-        if self._asks >= HIGH_WATER and self._may_start_early():
-            self._start_write()
-
-    def _may_start_early(self) -> bool:
-        """Whether ``soon()`` may start a write itself, now that ``HIGH_WATER`` asks came."""
-        if self._failures or (self._writing is not None and not self._writing.done()):
-            return False  # a failing file keeps its retry pauses; a write is already on its way
-        try:
-            # ``add_task`` may run in a sync endpoint's thread, where the writer's loop is not.
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
+        # Not while writes fail (the retry pauses hold), nor when each write has a follower
+        # (``after_write``), which only the writer's own writes call.
+        # While the last one still runs, the next ask tries again: the backlog never waits
+        # for another HIGH_WATER asks.
+        if (
+            self._asks >= HIGH_WATER
+            and not self._failures
+            and self.after_write is None
+            and self._core.flush_in_background()
+        ):
+            self._asks = 0
 
     async def durable(self) -> bool:
         """Wait for a write that starts after this call; True when it succeeded.
@@ -181,57 +178,26 @@ class SnapshotWriter:
 
     async def write_now(self) -> int | None:
         """Write now; the number of records written, or None when the write failed (logged)."""
-        return await self._start_write()
-
-    def _start_write(self) -> asyncio.Future[int | None]:
-        """Hand a write to the writer thread at once; the future is what ``write_now`` returns.
-
-        The write is submitted here, not when the loop next runs a task, so that ``soon()``
-        can start one in the middle of a run of tasks. Writes queue on the one thread in
-        the order they were started.
-        """
-        loop = asyncio.get_running_loop()
         waiters, self._waiters = self._waiters, []
         self._asks = 0
-        outcome: asyncio.Future[int | None] = loop.create_future()
-
-        def settle(flushing: asyncio.Future[int]) -> None:
-            error: BaseException | None = None
-            written: int | None = None
-            try:
-                written = self._written(flushing)
-            except BaseException as exc:  # not a failed write (that is logged and retried): raised to the caller
-                error = exc
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(written is not None)
-            if outcome.done():  # the caller was cancelled
-                return
-            if error is None:
-                outcome.set_result(written)
-            else:
-                outcome.set_exception(error)
-
-        self._writing = self._thread.submit(self._core.flush)
-        asyncio.wrap_future(self._writing, loop=loop).add_done_callback(settle)
-        return outcome
-
-    def _written(self, flushing: asyncio.Future[int]) -> int | None:
-        """The records a finished write wrote, or None when it failed (logged, retried later)."""
+        written: int | None = None
         try:
-            written = flushing.result()
+            written = await asyncio.get_running_loop().run_in_executor(self._thread, self._core.flush)
         except SnapshotError as exc:
             self._failures += 1
             if self._failures == 1:
                 logger.error("fastapi_taskflow: snapshot write failed; tasks stay in memory, retrying: %s", exc)
-            return None
-        if self._failures:
-            logger.warning("fastapi_taskflow: snapshot writes work again after %d failures", self._failures)
-        self._failures = 0
-        if written > 0:
-            self.writes += 1
-            if self.after_write is not None:
-                self.after_write()
+        else:
+            if self._failures:
+                logger.warning("fastapi_taskflow: snapshot writes work again after %d failures", self._failures)
+            self._failures = 0
+            if written > 0:
+                self.writes += 1
+                if self.after_write is not None:
+                    self.after_write()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(written is not None)
         return written
 
     async def _retain(self) -> None:

@@ -6,6 +6,7 @@
 //! the lock again to clear them and evict.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -774,6 +775,8 @@ pub(crate) struct TaskStore {
     /// The `owner` of this store's journal rows.
     instance_id: String,
     idempotency_ttl_us: Option<i64>,
+    /// Whether a flush started by `flush_in_background` is still running.
+    background_flush: AtomicBool,
     /// Keyed creates with a file hold it shared, firings of one-offs exclusively: a firing's
     /// key check and creation span a file write, with the record held only after the commit,
     /// so a create that checked in between could otherwise take the same key.
@@ -845,6 +848,7 @@ impl TaskStore {
             owners,
             instance_id,
             idempotency_ttl_us,
+            background_flush: AtomicBool::new(false),
             firing: RwLock::new(()),
         })
     }
@@ -1480,6 +1484,32 @@ impl TaskStore {
             Err(e) => st.health.failed(&e.to_string()),
         }
         result
+    }
+
+    /// Starts a flush on a thread of its own and returns at once; false (nothing started)
+    /// without a file or while the last one started here still runs.
+    ///
+    /// For a caller on the hot path that holds the GIL: it never waits for the write, and
+    /// the thread never needs the GIL (a write handed to a Python thread waits for the GIL
+    /// to start and again to finish, while a run of tasks holds it). Its outcome is the
+    /// file's health, as any flush's: a failed write is counted there, its records stay
+    /// unwritten, and the next flush takes them.
+    pub(crate) fn flush_in_background(self: &Arc<Self>) -> bool {
+        if self.snapshot.is_none() || self.background_flush.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let store = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("taskflow-flush".into())
+            .spawn(move || {
+                // Ignored on purpose: the failure is in the health already (see above).
+                let _ = store.flush();
+                store.background_flush.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            self.background_flush.store(false, Ordering::Release);
+        }
+        started.is_ok()
     }
 
     /// Takes over the unfinished rows of dead owners and loads them; returns the records
@@ -2286,6 +2316,28 @@ mod tests {
         NewTask {
             journal: true,
             ..NewTask::named(name)
+        }
+    }
+
+    #[test]
+    fn a_background_flush_writes_on_its_own_thread() {
+        let without_file = Arc::new(TaskStore::open(None, StoreConfig::default()).expect("store"));
+        assert!(!without_file.flush_in_background());
+        let (_d, path) = tmp_db();
+        let s = Arc::new(db_store(&path, 10));
+        run(&s, "f", "success");
+        assert!(s.flush_in_background());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while json(&s.metrics_json())["snapshot"]["unwritten"] != 0 {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        while !s.flush_in_background() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the next one never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 

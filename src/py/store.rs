@@ -20,7 +20,8 @@ use crate::core::store::{
 /// SQLite file release the GIL while they wait on it.
 #[pyclass(module = "fastapi_taskflow._core", name = "TaskStore", frozen)]
 pub(crate) struct TaskStore {
-    inner: CoreStore,
+    /// Shared with the threads of `flush_in_background`.
+    inner: Arc<CoreStore>,
 }
 
 fn tags_from(dict: &Bound<'_, PyDict>) -> PyResult<Option<Tags>> {
@@ -294,7 +295,9 @@ impl TaskStore {
             idempotency_ttl,
         };
         let inner = py.detach(|| CoreStore::open(db_path, cfg))?;
-        Ok(TaskStore { inner })
+        Ok(TaskStore {
+            inner: Arc::new(inner),
+        })
     }
 
     #[getter]
@@ -500,6 +503,12 @@ impl TaskStore {
     /// whose row is out of date, in one transaction.
     fn flush(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(py.detach(|| self.inner.flush())?)
+    }
+
+    /// Start a flush on a thread that never needs the GIL and return at once; False
+    /// (nothing started) without a file or while the last one started here still runs.
+    fn flush_in_background(&self) -> bool {
+        self.inner.flush_in_background()
     }
 
     /// Take over the unfinished rows of owners that are gone, and load them; their

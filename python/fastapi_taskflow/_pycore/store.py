@@ -13,7 +13,7 @@ import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from time import time_ns
 from typing import Any, Final, cast
 
@@ -269,6 +269,7 @@ class TaskStore:
     __slots__ = (
         "__weakref__",
         "_all",
+        "_background_flush",
         "_by_name",
         "_by_status",
         "_db",
@@ -327,6 +328,8 @@ class TaskStore:
         # and journaled ones whose status or retries changed (only kept when there is a file).
         self._dirty: set[str] = set()
         self._health = SnapshotHealth()
+        # Whether a flush started by flush_in_background still runs.
+        self._background_flush = threading.Lock()
         self._db_path = db_path
         # Whether finished records must reach the file before they may leave memory; False
         # without a file and once it is closed.
@@ -683,6 +686,21 @@ class TaskStore:
                 self._health.succeeded(time_ns() // 1000)
                 self._evict_flushed()
         return len(parts)
+
+    def flush_in_background(self) -> bool:
+        if self._db is None or not self._background_flush.acquire(blocking=False):
+            return False
+
+        def flush_then_release() -> None:
+            # A failed write is counted in the health by flush(); its records wait for the next.
+            try:
+                with suppress(SnapshotError):
+                    self.flush()
+            finally:
+                self._background_flush.release()
+
+        threading.Thread(target=flush_then_release, name="taskflow-flush", daemon=True).start()
+        return True
 
     def claim_orphans(self) -> list[dict[str, object]]:
         owners = self._owners
