@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from targets import NOOP_NAME, SNAPSHOT_INTERVAL, noop
 from timing import latency_us_async, median
-from upstream.asgi import asgi_get
+from upstream.asgi import asgi_get, get_scope
 
 if TYPE_CHECKING:
     from fastapi_taskflow import TaskManager
@@ -210,20 +210,7 @@ async def _add_other_rows(run: Run, n: int) -> None:
 
 async def _page_size(app: Any) -> int:
     """The number of tasks one ``GET /tasks?limit=100`` lists (its status must be 200)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/tasks",
-        "raw_path": b"/tasks",
-        "query_string": f"limit={PAGE_LIMIT}".encode(),
-        "root_path": "",
-        "headers": [(b"host", b"bench")],
-        "client": ("127.0.0.1", 50_000),
-        "server": ("bench", 80),
-    }
+    scope = get_scope("/tasks", f"limit={PAGE_LIMIT}".encode())
     status, body = 0, b""
 
     async def receive() -> dict[str, Any]:

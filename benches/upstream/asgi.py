@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 
-def asgi_get(app: Any, path: str, query: bytes = b"") -> Callable[[], Awaitable[int]]:
-    """A coroutine function sending one GET to ``app`` and returning the status code."""
-    scope = {
+def get_scope(path: str, query: bytes = b"") -> dict[str, Any]:
+    """The ASGI scope of a GET of ``path`` with ``query`` from a local client."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -25,6 +25,11 @@ def asgi_get(app: Any, path: str, query: bytes = b"") -> Callable[[], Awaitable[
         "client": ("127.0.0.1", 50_000),
         "server": ("bench", 80),
     }
+
+
+def asgi_get(app: Any, path: str, query: bytes = b"") -> Callable[[], Awaitable[int]]:
+    """A coroutine function sending one GET to ``app`` and returning the status code."""
+    scope = get_scope(path, query)
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}

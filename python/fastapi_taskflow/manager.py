@@ -542,11 +542,10 @@ class TaskManager:
             task.tags = tags
         if payload is not None:
             task.payload = payload
-        if writer is not None:
-            task.journaled = True
         if idempotency_key is not None:
             task.idempotency_key = idempotency_key
         if writer is not None:
+            task.journaled = True
             journaled_task_accepted(writer)
         return task_id, task
 
