@@ -83,6 +83,7 @@ Conventions shared by both cores:
   Every row either core writes has these types.
 """
 
+from collections.abc import Callable
 from typing import Final, final
 
 from typing_extensions import Self
@@ -322,13 +323,31 @@ class TaskStore:
         Releases the GIL.
         """
 
-    def flush_in_background(self) -> bool:
-        """Start ``flush()`` on a thread of its own and return at once.
+    def write_behind(self, threshold: int | None, /) -> None:
+        """From now on, flush on a thread of the core's own whenever a change leaves
+        ``threshold`` records unwritten, and go on flushing while that many wait;
+        None (the default) stops it.
 
-        For a caller holding the GIL (the event loop's thread): it never waits for the
-        write, and the thread needs no GIL. False, with nothing started, without a file or
-        while the last flush started this way still runs. Its outcome is the metrics'
-        ``snapshot`` object, as any flush's: a failed write leaves its records for the next.
+        A *change that leaves a record unwritten* is one that makes it a record the
+        next ``flush()`` writes: a transition to a finished status or a log line on
+        a finished record, with a file; a journaled record's creation, or its status
+        or retries changing. Nothing starts without a file, while the flush started
+        this way still runs, nor while the last flush failed (whoever started it):
+        the owner's retries take over until one succeeds. The outcome is the metrics'
+        ``snapshot`` object, as any flush's. For an owner holding the GIL on the
+        event loop's thread: nothing waits for these flushes, and in the compiled core
+        their thread never needs the GIL. ValueError for a threshold below 1.
+        """
+
+    def on_unwritten(self, wake: Callable[[], object] | None, /) -> None:
+        """Call ``wake()`` once, the next time a change leaves a record unwritten
+        (see ``write_behind``); None drops the callable given before.
+
+        It is called on the thread of that change, holding the GIL and no lock of
+        the store, so it may be called from any thread the store is used on. What it
+        raises does not undo the change: it goes to ``sys.unraisablehook`` (compiled
+        core) or is logged to the ``fastapi_taskflow`` logger (``_pycore``).
+        TypeError when ``wake`` is neither callable nor None.
         """
 
     def claim_orphans(self) -> list[dict[str, object]]:

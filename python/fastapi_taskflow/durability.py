@@ -39,13 +39,15 @@ _current: contextvars.ContextVar[_RequestMarker | None] = contextvars.ContextVar
 )
 
 
-def journaled_task_accepted(writer: SnapshotWriter) -> None:
-    """Called by ``add_task`` after it journaled a task: hold the response, or write soon."""
+def journaled_task_accepted() -> None:
+    """Called by ``add_task`` after it journaled a task: hold the response until it is written.
+
+    Outside a request (or after its response started), nothing waits: the core wakes the
+    writer for the task's row, as for any record left unwritten.
+    """
     marker = _current.get()
     if marker is not None and not marker.responded:
         marker.accepted = True
-    else:
-        writer.soon()
 
 
 class DurableAcceptance:

@@ -172,7 +172,6 @@ class TaskRunner:
         max_sync_threads: int | None,
         observers: ObserverThread | None = None,
         cipher: ArgumentCipher | None = None,
-        on_finished: Callable[[], None] | None = None,
         durable: Callable[[], Awaitable[bool]] | None = None,
         shared: SharedMode | None = None,
         max_process_workers: int | None = None,
@@ -192,7 +191,6 @@ class TaskRunner:
         self._semaphore = asyncio.Semaphore(max_concurrent_tasks) if max_concurrent_tasks else None
         self.observers = observers
         self.cipher = cipher
-        self._on_finished = on_finished
         self._durable = durable
         self._shared = shared
         self._tracer: Any = _UNRESOLVED
@@ -302,7 +300,7 @@ class TaskRunner:
                     self._finish_failed(task, exc, attempt, time.perf_counter() - started)
                     return
                 store.transition(task_id, "success")
-                if observers is not None or self._on_finished is not None:
+                if observers is not None:
                     self._lifecycle(task, "success", attempt, time.perf_counter() - started)
                 return
         except asyncio.CancelledError as exc:
@@ -499,8 +497,6 @@ class TaskRunner:
         error: str | None = None,
         stacktrace: str | None = None,
     ) -> None:
-        if status != "running" and self._on_finished is not None:
-            self._on_finished()
         if self.observers is not None:
             self.observers.emit(
                 LifecycleEvent(

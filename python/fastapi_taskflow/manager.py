@@ -182,7 +182,6 @@ class TaskManager:
             max_sync_threads=max_sync_threads,
             observers=ObserverThread(self.logger) if self.logger else None,
             cipher=ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None,
-            on_finished=self.writer.soon if self.writer is not None else None,
             durable=self.writer.durable if self.writer is not None else None,
             shared=self.shared,
             max_process_workers=max_process_workers,
@@ -546,7 +545,7 @@ class TaskManager:
             task.idempotency_key = idempotency_key
         if writer is not None:
             task.journaled = True
-            journaled_task_accepted(writer)
+            journaled_task_accepted()
         return task_id, task
 
     def accept_if_plain(self, func: TaskFunc, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TrackedTask | None:
@@ -807,7 +806,6 @@ class TaskManager:
             for queue in self._all_queues():
                 if queue.remove(task_id):
                     break
-            self.flush_soon()
         return cancelled
 
     def set_retention_days(self, days: float | None) -> None:
@@ -819,11 +817,6 @@ class TaskManager:
             raise ValueError(f"retention_days must be positive, got {days!r}")
         if self.writer is not None:
             self.writer.set_retention_days(days)
-
-    def flush_soon(self) -> None:
-        """Ask the snapshot writer to write within moments (no-op without a file)."""
-        if self.writer is not None:
-            self.writer.soon()
 
     async def delete_history(self, end_before: datetime) -> tuple[int, int]:
         """Delete finished tasks that ended before ``end_before``: ``(from memory, from the file)``."""
@@ -927,7 +920,6 @@ class TaskManager:
             self.run_stored(record)
         if orphans:
             logger.info("fastapi_taskflow: took over %d unfinished tasks of an earlier run", len(orphans))
-            self.flush_soon()
 
     def run_stored(self, record: Mapping[str, Any]) -> None:
         """Run a journaled record from its stored arguments (an orphan taken over, a one-off run fired).

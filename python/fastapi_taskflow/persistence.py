@@ -3,11 +3,14 @@
 Three kinds of demand reach it. A request that accepted journaled tasks waits for a
 *group commit* before its response leaves (``durable()``): every request that asks
 while a write runs shares the next one, so a busy server writes one transaction per
-batch of requests, never one per task. A finished task asks for a write *soon*
-(``soon()``): completions close in time share one transaction after a short window,
-and every ``HIGH_WATER`` asks start one at once on the core's own thread, even while a
-run of tasks gives the event loop no turn. And with nothing asked, the writer still
-writes every ``interval`` seconds.
+batch of requests, never one per task. A record left unwritten (a finished task, a
+journaled one that changed) is written *soon*: the core wakes the writer once, at the
+first such record after a write (``TaskStore.on_unwritten``), so that the records close
+in time share one transaction after a short window; and once ``WRITE_BEHIND`` records
+wait, the core writes them itself, on a thread of its own, even while a run of tasks
+gives the event loop no turn (``TaskStore.write_behind``). A finished task costs the
+writer nothing. And with nothing to write, the writer still writes every ``interval``
+seconds.
 
 A failed write (disk full, read-only file, a lock held too long) loses nothing: the
 core keeps the records as unwritten, the failure shows in ``/tasks/metrics``, and the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,19 +36,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fastapi_taskflow")
 
-#: Seconds a write asked for by a completion waits, so that completions close in time share it.
+#: Seconds a write woken by an unwritten record waits, so that the records close in time share it.
 BATCH_WINDOW = 0.05
 
 #: A write of at least this many records is followed by the next one without a pause.
 KEEP_UP_ROWS = 1_000
 
-#: Asks for a write after which ``soon()`` starts one itself (``TaskStore.flush_in_background``).
+#: Unwritten records from which the core writes them itself (``TaskStore.write_behind``).
 #: Tasks run back to back (one request's background tasks) give the event loop, and so this
 #: writer, no turn: without it their rows would wait for the next turn, at worst for
 #: shutdown, instead of being written on the other CPU while the tasks still run. The core's
 #: thread needs no GIL, which a run of tasks holds: a write handed to a Python thread would
-#: wait for it to start and again to finish.
-HIGH_WATER = 1_000
+#: wait for it to start and again to finish. Once started, the core writes again at once
+#: while this many wait, so its writes grow to match the pace of the tasks.
+WRITE_BEHIND = 256
 
 #: Pause after the first failed write; it doubles with each failure up to the flush interval.
 FIRST_RETRY_PAUSE = 0.5
@@ -68,8 +73,6 @@ class SnapshotWriter:
         # A thread of its own: a write never queues behind the application's blocking work.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskflow-snapshot")
         self._failures = 0
-        #: Asks for a write since the last one started (see ``HIGH_WATER``).
-        self._asks = 0
         self._stopping = False
         self._next_retention = 0.0
         #: Transactions that wrote at least one record (for tests and diagnostics).
@@ -96,7 +99,12 @@ class SnapshotWriter:
         if self._task is None:
             self._wake = wake = asyncio.Event()
             self._halt = halt = asyncio.Event()
-            self._task = asyncio.create_task(self._run(wake, halt), name="taskflow-snapshot")
+            # The core calls this from the thread of the change, which may be a worker's.
+            wake_up = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, wake.set)
+            self._task = asyncio.create_task(self._run(wake, halt, wake_up), name="taskflow-snapshot")
+            # Not with a shared backend: each write there has a follower (``after_write``),
+            # which only this writer's own writes call.
+            self._core.write_behind(WRITE_BEHIND if self.after_write is None else None)
 
     async def stop(self) -> None:
         """Stop the loop and make one last write; waiters still pending get its outcome.
@@ -107,30 +115,14 @@ class SnapshotWriter:
         task, wake, halt = self._task, self._wake, self._halt
         self._task = self._wake = self._halt = None
         if task is not None and wake is not None and halt is not None:
+            self._core.write_behind(None)
+            self._core.on_unwritten(None)
             self._stopping = True
             wake.set()
             halt.set()  # ends a batch window at once: the write below takes what it waited for
             await task
             self._stopping = False
         await self.write_now()
-
-    def soon(self) -> None:
-        """Ask for a write within about ``BATCH_WINDOW`` (cheap when one is already asked for)."""
-        if self._wake is None:
-            return
-        self._wake.set()
-        self._asks += 1
-        # Not while writes fail (the retry pauses hold), nor when each write has a follower
-        # (``after_write``), which only the writer's own writes call.
-        # While the last one still runs, the next ask tries again: the backlog never waits
-        # for another HIGH_WATER asks.
-        if (
-            self._asks >= HIGH_WATER
-            and not self._failures
-            and self.after_write is None
-            and self._core.flush_in_background()
-        ):
-            self._asks = 0
 
     async def durable(self) -> bool:
         """Wait for a write that starts after this call; True when it succeeded.
@@ -148,7 +140,9 @@ class SnapshotWriter:
             await self.durable_beyond()
         return written
 
-    async def _run(self, wake: asyncio.Event, halt: asyncio.Event) -> None:
+    async def _run(self, wake: asyncio.Event, halt: asyncio.Event, wake_up: Callable[[], object]) -> None:
+        # What was left unwritten before the start is written at once.
+        wake.set()
         written: int | None = 0
         # The flag is checked before each wait: a stop may come while a write runs.
         while not self._stopping:
@@ -169,6 +163,9 @@ class SnapshotWriter:
             else:
                 await asyncio.sleep(0)  # let the loop run between two writes
             wake.clear()
+            # Before the write: a record left unwritten from here on, whether this write
+            # takes it or not, wakes the loop for the next.
+            self._core.on_unwritten(wake_up)
             written = await self.write_now()
             await self._retain()
 
@@ -179,7 +176,6 @@ class SnapshotWriter:
     async def write_now(self) -> int | None:
         """Write now; the number of records written, or None when the write failed (logged)."""
         waiters, self._waiters = self._waiters, []
-        self._asks = 0
         written: int | None = None
         try:
             written = await asyncio.get_running_loop().run_in_executor(self._thread, self._core.flush)

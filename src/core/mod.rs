@@ -14,3 +14,4 @@ pub(crate) mod ring;
 pub(crate) mod served;
 pub(crate) mod snapshot;
 pub(crate) mod store;
+pub(crate) mod write_behind;

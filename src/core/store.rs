@@ -6,8 +6,7 @@
 //! the lock again to clear them and evict.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::error::{CoreError, CoreResult};
@@ -27,6 +26,7 @@ use super::snapshot::{
     is_in_memory, DeletedRow, DiskRecord, Doomed, MetricRow, OneOff, PageQuery, Scheduled,
     Snapshot, TaskRow,
 };
+use super::write_behind::{Wake, WriteBehind};
 
 /// Fast seeded hashing for the few developer-chosen names (function, queue, source).
 type NameBuild = foldhash::fast::RandomState;
@@ -618,10 +618,15 @@ impl State {
             .collect()
     }
 
+    /// Records waiting to be written.
+    fn unwritten(&self) -> usize {
+        self.dirty.len() + self.journal_dirty.len()
+    }
+
     /// The flush health with the count of records waiting to be written.
     fn health_now(&self) -> Health {
         Health {
-            unwritten: (self.dirty.len() + self.journal_dirty.len()) as u64,
+            unwritten: self.unwritten() as u64,
             ..self.health.clone()
         }
     }
@@ -775,8 +780,10 @@ pub(crate) struct TaskStore {
     /// The `owner` of this store's journal rows.
     instance_id: String,
     idempotency_ttl_us: Option<i64>,
-    /// Whether a flush started by `flush_in_background` is still running.
-    background_flush: AtomicBool,
+    /// Writes started on their own, and the owner's wake (see `write_behind`).
+    write_behind: WriteBehind,
+    /// This store, for the threads of `write_behind`.
+    me: Weak<TaskStore>,
     /// Keyed creates with a file hold it shared, firings of one-offs exclusively: a firing's
     /// key check and creation span a file write, with the record held only after the commit,
     /// so a create that checked in between could otherwise take the same key.
@@ -786,7 +793,7 @@ pub(crate) struct TaskStore {
 impl TaskStore {
     /// An empty store, or one backed by the snapshot file at `db_path` (metrics rebuilt
     /// from its rows; no record loaded).
-    pub(crate) fn open(db_path: Option<&str>, cfg: StoreConfig) -> CoreResult<TaskStore> {
+    pub(crate) fn open(db_path: Option<&str>, cfg: StoreConfig) -> CoreResult<Arc<TaskStore>> {
         let positive = |name: &str, v: i64| -> CoreResult<usize> {
             if v < 1 {
                 return Err(CoreError::InvalidInput(format!(
@@ -841,16 +848,17 @@ impl TaskStore {
                 }
             })?;
         }
-        Ok(TaskStore {
+        Ok(Arc::new_cyclic(|me| TaskStore {
             state: Mutex::new(state),
             snapshot,
             file_ops: Mutex::new(()),
             owners,
             instance_id,
             idempotency_ttl_us,
-            background_flush: AtomicBool::new(false),
+            write_behind: WriteBehind::default(),
+            me: me.clone(),
             firing: RwLock::new(()),
-        })
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -931,7 +939,13 @@ impl TaskStore {
                 return Ok((holder, false));
             }
         }
-        Ok((TaskId::Uuid(st.insert(&t, payload, now)), true))
+        let id = st.insert(&t, payload, now);
+        if t.journal && st.persist {
+            let unwritten = st.unwritten();
+            drop(st);
+            self.left_unwritten(unwritten);
+        }
+        Ok((TaskId::Uuid(id), true))
     }
 
     /// Takes the schedule lock `key` for `ttl` seconds unless another holder's has not
@@ -1107,7 +1121,8 @@ impl TaskStore {
         }
         let duration = p.duration();
         let info = Arc::clone(&record.info);
-        if journal && !finished && (from != to || retries_changed) {
+        let journal_row_changed = journal && !finished && (from != to || retries_changed);
+        if journal_row_changed {
             st.journal_dirty.insert(id);
         }
         st.ring.push(Event::Task {
@@ -1152,6 +1167,11 @@ impl TaskStore {
                 st.enforce_retention();
             }
         }
+        if journal_row_changed || (finished && st.persist) {
+            let unwritten = st.unwritten();
+            drop(guard);
+            self.left_unwritten(unwritten);
+        }
         Ok(true)
     }
 
@@ -1167,10 +1187,13 @@ impl TaskStore {
             .ok_or_else(|| CoreError::UnknownTask(task_id.to_owned()))?;
         st.held.push_log(slot, Arc::clone(&line), st.max_log_lines);
         let finished = st.held.at(slot).is_some_and(|e| e.status().is_finished());
+        st.ring.push(Event::Log { id, line });
         if st.persist && finished {
             st.dirty.insert(id);
+            let unwritten = st.unwritten();
+            drop(guard);
+            self.left_unwritten(unwritten);
         }
-        st.ring.push(Event::Log { id, line });
         Ok(())
     }
 
@@ -1469,6 +1492,7 @@ impl TaskStore {
         let revs: Vec<(u128, u64)> = batch.iter().map(|(id, r)| (*id, r.rev)).collect();
         let result = snap.write(&batch, &self.instance_id);
         drop(batch);
+        self.write_behind.note_outcome(result.is_ok());
         let mut st = self.lock();
         match &result {
             Ok(_) => {
@@ -1486,30 +1510,70 @@ impl TaskStore {
         result
     }
 
-    /// Starts a flush on a thread of its own and returns at once; false (nothing started)
-    /// without a file or while the last one started here still runs.
+    /// From now on, a change that leaves `threshold` records unwritten starts a flush on a
+    /// thread of the store's own, which goes on flushing while that many wait; `None` stops
+    /// it. Nothing starts without a file, nor while the last flush failed (the owner's
+    /// retries, with their pauses, take over until one succeeds).
     ///
-    /// For a caller on the hot path that holds the GIL: it never waits for the write, and
-    /// the thread never needs the GIL (a write handed to a Python thread waits for the GIL
-    /// to start and again to finish, while a run of tasks holds it). Its outcome is the
-    /// file's health, as any flush's: a failed write is counted there, its records stay
-    /// unwritten, and the next flush takes them.
-    pub(crate) fn flush_in_background(self: &Arc<Self>) -> bool {
-        if self.snapshot.is_none() || self.background_flush.swap(true, Ordering::AcqRel) {
-            return false;
+    /// For an owner on the hot path that holds the GIL: nothing waits for these writes, and
+    /// their thread never needs the GIL (a write handed to a Python thread waits for the GIL
+    /// to start and again to finish, while a run of tasks holds it). Their outcome is the
+    /// file's health, as any flush's.
+    pub(crate) fn write_behind(&self, threshold: Option<i64>) -> CoreResult<()> {
+        let threshold = match threshold {
+            Some(n) if n < 1 => {
+                return Err(CoreError::InvalidInput(format!(
+                    "threshold must be at least 1, got {n}"
+                )));
+            }
+            n => n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        };
+        self.write_behind.set_threshold(threshold);
+        Ok(())
+    }
+
+    /// Calls `wake` once, the next time a change leaves a record unwritten (from the thread
+    /// of that change, holding no lock of the store); `None` drops the one given before.
+    pub(crate) fn on_unwritten(&self, wake: Option<Wake>) {
+        self.write_behind.arm(wake);
+    }
+
+    /// After a change that left `unwritten` records unwritten, out of every lock: wakes the
+    /// owner, and starts a flush when one is due.
+    fn left_unwritten(&self, unwritten: usize) {
+        if let Some(wake) = self.write_behind.take_wake() {
+            wake();
         }
-        let store = Arc::clone(self);
+        if self.snapshot.is_some()
+            && self.write_behind.is_due(unwritten)
+            && self.write_behind.try_start()
+        {
+            self.spawn_write_behind();
+        }
+    }
+
+    /// Runs the flushes of `write_behind` on a new thread, holding the right to start them.
+    fn spawn_write_behind(&self) {
+        let Some(store) = self.me.upgrade() else {
+            self.write_behind.finished();
+            return;
+        };
         let started = std::thread::Builder::new()
             .name("taskflow-flush".into())
-            .spawn(move || {
-                // Ignored on purpose: the failure is in the health already (see above).
+            .spawn(move || loop {
+                // A failure is in the health already; its records stay unwritten.
                 let _ = store.flush();
-                store.background_flush.store(false, Ordering::Release);
+                store.write_behind.finished();
+                // Records that came while it wrote: at once, if enough wait (and no other
+                // thread took them).
+                let unwritten = store.lock().unwritten();
+                if !(store.write_behind.is_due(unwritten) && store.write_behind.try_start()) {
+                    break;
+                }
             });
         if started.is_err() {
-            self.background_flush.store(false, Ordering::Release);
+            self.write_behind.finished();
         }
-        started.is_ok()
     }
 
     /// Takes over the unfinished rows of dead owners and loads them; returns the records
@@ -1668,7 +1732,7 @@ mod tests {
         }
     }
 
-    fn store(max_history: i64) -> TaskStore {
+    fn store(max_history: i64) -> Arc<TaskStore> {
         TaskStore::open(
             None,
             StoreConfig {
@@ -2164,7 +2228,7 @@ mod tests {
         assert!(Cursor::parse(":abc").is_err());
     }
 
-    fn db_store(path: &str, max_history: i64) -> TaskStore {
+    fn db_store(path: &str, max_history: i64) -> Arc<TaskStore> {
         TaskStore::open(
             Some(path),
             StoreConfig {
@@ -2319,26 +2383,88 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_background_flush_writes_on_its_own_thread() {
-        let without_file = Arc::new(TaskStore::open(None, StoreConfig::default()).expect("store"));
-        assert!(!without_file.flush_in_background());
-        let (_d, path) = tmp_db();
-        let s = Arc::new(db_store(&path, 10));
-        run(&s, "f", "success");
-        assert!(s.flush_in_background());
+    fn unwritten(s: &TaskStore) -> serde_json::Value {
+        json(&s.metrics_json())["snapshot"]["unwritten"].clone()
+    }
+
+    /// Waits up to 30 s for `done`.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while json(&s.metrics_json())["snapshot"]["unwritten"] != 0 {
-            assert!(std::time::Instant::now() < deadline, "never written");
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        while !s.flush_in_background() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the next one never started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+
+    #[test]
+    fn writes_behind_once_enough_records_wait() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 100);
+        s.write_behind(Some(3)).expect("threshold");
+        run(&s, "f", "success");
+        run(&s, "f", "success");
+        assert_eq!(unwritten(&s), 2, "below the threshold, nothing is written");
+        run(&s, "f", "success");
+        eventually("written behind", || unwritten(&s) == 0);
+        eventually("the write's thread ends", || {
+            s.write_behind.try_start() && {
+                s.write_behind.finished();
+                true
+            }
+        });
+        s.write_behind(None).expect("off");
+        for _ in 0..3 {
+            run(&s, "f", "success");
         }
+        assert_eq!(unwritten(&s), 3, "stopped");
+        assert!(matches!(
+            s.write_behind(Some(0)),
+            Err(CoreError::InvalidInput(m)) if m == "threshold must be at least 1, got 0"
+        ));
+    }
+
+    #[test]
+    fn nothing_is_written_behind_without_a_file() {
+        let s = store(10);
+        s.write_behind(Some(1)).expect("threshold");
+        run(&s, "f", "success");
+        assert!(s.write_behind.try_start(), "no write started");
+    }
+
+    #[test]
+    fn the_wake_comes_once_per_arming_at_the_first_record_left_unwritten() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 100);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let arm = || {
+            let calls = Arc::clone(&calls);
+            s.on_unwritten(Some(Box::new(move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })));
+        };
+        let count = || calls.load(std::sync::atomic::Ordering::Relaxed);
+        arm();
+        let (id, _) = create(&s, NewTask::named("f"));
+        let id = text(id);
+        s.transition(&id, "running", Change::default())
+            .expect("run");
+        assert_eq!(count(), 0, "a plain record's row waits for its end");
+        s.transition(&id, "success", Change::default())
+            .expect("end");
+        assert_eq!(count(), 1);
+        run(&s, "f", "failed");
+        assert_eq!(count(), 1, "once per arming");
+        s.flush().expect("flush");
+        arm();
+        s.append_log(&id, "after the end").expect("log");
+        assert_eq!(count(), 2, "a log line on a finished record");
+        arm();
+        create(&s, journaled("j"));
+        assert_eq!(count(), 3, "a journaled record's creation");
+        arm();
+        s.on_unwritten(None);
+        run(&s, "f", "success");
+        assert_eq!(count(), 3, "disarmed");
     }
 
     #[test]

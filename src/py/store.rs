@@ -13,6 +13,7 @@ use crate::core::snapshot::{OneOff, Scheduled, TaskRow};
 use crate::core::store::{
     Change, NewTask, PageRequest, StoreConfig, TaskId, TaskStore as CoreStore,
 };
+use crate::core::write_behind::Wake;
 
 /// Task records, their indexes, metrics, the event ring and the snapshot file.
 ///
@@ -20,8 +21,20 @@ use crate::core::store::{
 /// SQLite file release the GIL while they wait on it.
 #[pyclass(module = "fastapi_taskflow._core", name = "TaskStore", frozen)]
 pub(crate) struct TaskStore {
-    /// Shared with the threads of `flush_in_background`.
+    /// Shared with the threads of `write_behind`.
     inner: Arc<CoreStore>,
+}
+
+/// A wake for the core: calls `wake` with the GIL (the change that calls it holds the GIL
+/// already); what it raises is reported as unraisable, since the change is made.
+fn call_once(wake: Py<PyAny>) -> Wake {
+    Box::new(move || {
+        Python::attach(|py| {
+            if let Err(e) = wake.call0(py) {
+                e.write_unraisable(py, Some(wake.bind(py)));
+            }
+        });
+    })
 }
 
 fn tags_from(dict: &Bound<'_, PyDict>) -> PyResult<Option<Tags>> {
@@ -295,9 +308,7 @@ impl TaskStore {
             idempotency_ttl,
         };
         let inner = py.detach(|| CoreStore::open(db_path, cfg))?;
-        Ok(TaskStore {
-            inner: Arc::new(inner),
-        })
+        Ok(TaskStore { inner })
     }
 
     #[getter]
@@ -505,10 +516,29 @@ impl TaskStore {
         Ok(py.detach(|| self.inner.flush())?)
     }
 
-    /// Start a flush on a thread that never needs the GIL and return at once; False
-    /// (nothing started) without a file or while the last one started here still runs.
-    fn flush_in_background(&self) -> bool {
-        self.inner.flush_in_background()
+    /// From now on, flush on a thread of the core's own, which never needs the GIL,
+    /// whenever a change leaves ``threshold`` records unwritten; None stops it.
+    #[pyo3(signature = (threshold, /))]
+    fn write_behind(&self, threshold: Option<i64>) -> PyResult<()> {
+        Ok(self.inner.write_behind(threshold)?)
+    }
+
+    /// Call ``wake()`` once, the next time a change leaves a record unwritten; None drops
+    /// the callable given before.
+    #[pyo3(signature = (wake, /))]
+    fn on_unwritten(&self, wake: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let wake = match wake {
+            Some(w) if !w.is_callable() => {
+                return Err(PyTypeError::new_err(format!(
+                    "on_unwritten() wants a callable or None, got {}",
+                    w.get_type().name()?
+                )));
+            }
+            Some(w) => Some(call_once(w.unbind())),
+            None => None,
+        };
+        self.inner.on_unwritten(wake);
+        Ok(())
     }
 
     /// Take over the unfinished rows of owners that are gone, and load them; their

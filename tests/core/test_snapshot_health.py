@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from _corehelpers import StoreFactory, drive, iso_to_us, loads, run_sql
-from polling import wait_for
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 HEALTH_KEYS = ["ok", "unwritten", "failed_writes", "last_error", "last_write_at"]
@@ -101,31 +100,3 @@ def test_failed_flushes_show_until_one_succeeds(core: ModuleType, make_store: St
     assert recovered["last_error"] is None
     assert iso_to_us(recovered["last_write_at"]) > iso_to_us(first_write)
     assert "taskflow_snapshot_ok 1\n" in health_families(store)
-
-
-def test_a_background_flush_writes_and_starts_nothing_without_a_file(make_store: StoreFactory, db_path: str) -> None:
-    assert make_store().flush_in_background() is False
-    store = make_store(db_path)
-    task_id, _ = store.create("f")
-    drive(store, task_id, "success")
-    assert store.flush_in_background() is True
-    wait_for(lambda: health(store)["unwritten"] == 0, what="the background flush")
-    assert run_sql(db_path, ("SELECT status FROM task_history WHERE task_id = ?", (task_id,))) == [("success",)]
-    wait_for(lambda: store.flush_in_background(), what="the next background flush to start")
-
-
-def test_a_failed_background_flush_shows_and_loses_nothing(make_store: StoreFactory, db_path: str) -> None:
-    store = make_store(db_path)
-    run_sql(
-        db_path, "CREATE TRIGGER refuse BEFORE INSERT ON task_history BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-    )
-    task_id, _ = store.create("f")
-    drive(store, task_id, "success")
-    assert store.flush_in_background() is True
-    wait_for(lambda: health(store)["failed_writes"] == 1, what="the failed background flush")
-    failed = health(store)
-    assert (failed["ok"], failed["unwritten"]) == (False, 1) and "disk says no" in failed["last_error"]
-    run_sql(db_path, "DROP TRIGGER refuse")
-    assert store.flush() == 1
-    assert health(store)["unwritten"] == 0
-    assert run_sql(db_path, ("SELECT status FROM task_history WHERE task_id = ?", (task_id,))) == [("success",)]

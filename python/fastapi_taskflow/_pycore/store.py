@@ -7,6 +7,7 @@ under the state lock.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -29,6 +30,8 @@ from .record import Key, Record, Row, RowParts
 from .ring import EventRing
 from .snapshot import COLUMNS, TASK_ROW_KEYS, DeletedRow, ScheduledRow, SnapshotDb, SnapshotError
 from .statuses import ALLOWED, FINISHED_SET, FREES_KEY, KNOWN, STATUSES
+
+logger = logging.getLogger("fastapi_taskflow")
 
 _I64_MAX = 2**63 - 1
 #: The idempotency cutoff without a ttl: every record is recent enough to hold its key.
@@ -269,7 +272,6 @@ class TaskStore:
     __slots__ = (
         "__weakref__",
         "_all",
-        "_background_flush",
         "_by_name",
         "_by_status",
         "_db",
@@ -292,6 +294,9 @@ class TaskStore:
         "_queue_pending",
         "_records",
         "_ring",
+        "_wake",
+        "_write_behind_at",
+        "_writing_behind",
     )
 
     def __init__(
@@ -328,8 +333,11 @@ class TaskStore:
         # and journaled ones whose status or retries changed (only kept when there is a file).
         self._dirty: set[str] = set()
         self._health = SnapshotHealth()
-        # Whether a flush started by flush_in_background still runs.
-        self._background_flush = threading.Lock()
+        # What a change that leaves records unwritten does (see write_behind and on_unwritten):
+        # start a flush from this many, holding _writing_behind while it runs; and call _wake once.
+        self._write_behind_at: int | None = None
+        self._writing_behind = threading.Lock()
+        self._wake: Callable[[], object] | None = None
         self._db_path = db_path
         # Whether finished records must reach the file before they may leave memory; False
         # without a file and once it is closed.
@@ -463,11 +471,14 @@ class TaskStore:
             self._queue_pending[rec.queue] = self._queue_pending.get(rec.queue, 0) + 1
             self._records[task_id] = rec
             self._index(rec)
+            left_unwritten = journal and self._persist and not written
             if journal and self._persist:
                 rec.journal = True
                 if not written:
                     self._dirty.add(task_id)
             self._ring.push(("created", rec, "pending", None, None, 0, None, None))
+        if left_unwritten:
+            self._left_unwritten()
 
     def transition(
         self,
@@ -528,14 +539,17 @@ class TaskStore:
             self._ring.push(
                 ("status", rec, status, rec.start_us, rec.end_us, rec.retries_used, rec.error, rec.stacktrace)
             )
+            left_unwritten = self._persist and (finished or (rec.journal and row_changed))
             if finished:
                 self._finished.add(rec.key)
                 if self._persist:
                     self._dirty.add(task_id)
                 elif len(self._finished) > self._max_history:
                     self._evict([self._records[self._finished.pop_oldest()[1]]])
-            elif rec.journal and row_changed and self._persist:
+            elif left_unwritten:
                 self._dirty.add(task_id)
+        if left_unwritten:
+            self._left_unwritten()
         return True
 
     def append_log(self, task_id: str, line: str) -> None:
@@ -552,9 +566,12 @@ class TaskStore:
                 rec.logs_dropped += 1
             logs.append(line)
             rec.cache = None
-            if self._persist and rec.status in FINISHED_SET:
+            left_unwritten = self._persist and rec.status in FINISHED_SET
+            if left_unwritten:
                 self._dirty.add(task_id)
             self._ring.push(("log", task_id, line))
+        if left_unwritten:
+            self._left_unwritten()
 
     # -- index upkeep ----------------------------------------------------------------------
 
@@ -687,20 +704,48 @@ class TaskStore:
                 self._evict_flushed()
         return len(parts)
 
-    def flush_in_background(self) -> bool:
-        if self._db is None or not self._background_flush.acquire(blocking=False):
-            return False
+    def write_behind(self, threshold: int | None, /) -> None:
+        if threshold is not None and threshold < 1:
+            raise ValueError(f"threshold must be at least 1, got {threshold}")
+        self._write_behind_at = threshold
 
-        def flush_then_release() -> None:
-            # A failed write is counted in the health by flush(); its records wait for the next.
+    def on_unwritten(self, wake: Callable[[], object] | None, /) -> None:
+        if wake is not None and not callable(wake):
+            raise TypeError(f"on_unwritten() wants a callable or None, got {type(wake).__name__}")
+        with self._lock:
+            self._wake = wake
+
+    def _left_unwritten(self) -> None:
+        """After a change left a record unwritten, out of the lock: wake the owner, and start a flush if one is due."""
+        with self._lock:
+            wake, self._wake = self._wake, None
+            due = self._write_behind_due()
+        if wake is not None:
             try:
+                wake()
+            except Exception:  # the change is made: the caller must not see it fail
+                logger.exception("fastapi_taskflow: the on_unwritten callable %r raised", wake)
+        if due and self._writing_behind.acquire(blocking=False):
+            threading.Thread(target=self._write_behind, name="taskflow-flush", daemon=True).start()
+
+    def _write_behind_due(self) -> bool:
+        """Under the lock: whether enough records wait for a flush of write_behind's (none while writes fail)."""
+        at = self._write_behind_at
+        return at is not None and self._db is not None and self._health.ok and len(self._dirty) >= at
+
+    def _write_behind(self) -> None:
+        """Flush while enough records wait; holds ``_writing_behind`` from its caller."""
+        while True:
+            try:
+                # A failed write is counted in the health by flush(); its records wait for the next.
                 with suppress(SnapshotError):
                     self.flush()
             finally:
-                self._background_flush.release()
-
-        threading.Thread(target=flush_then_release, name="taskflow-flush", daemon=True).start()
-        return True
+                self._writing_behind.release()
+            with self._lock:
+                due = self._write_behind_due()
+            if not (due and self._writing_behind.acquire(blocking=False)):
+                return
 
     def claim_orphans(self) -> list[dict[str, object]]:
         owners = self._owners
