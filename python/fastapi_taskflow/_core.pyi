@@ -47,6 +47,12 @@ Conventions shared by both cores:
   column ``sync_seq INTEGER`` and the partial index ``task_history_sync(sync_seq)
   WHERE sync_seq IS NOT NULL``. Opening a file of an older version migrates it
   in place; rows written before version 5 keep a NULL ``sync_seq``.
+* Schema version 6 (both cores, identical SQL) drops ``task_history_end`` and
+  rebuilds ``task_history_status`` as ``(status, created_us, task_id) WHERE
+  status <> 'success'``: a successful task's row, most rows, goes into two
+  b-trees fewer. Pages of successes walk ``task_history_created``, pages of
+  another status state ``status <> 'success'`` to use the partial index, and
+  ``delete_finished_before`` finds old rows through ``task_history_created``.
 * The outbox: every statement that inserts or updates a ``task_history`` row
   (``flush()``, the journal row of ``fire_scheduled()``, the ownership change of
   ``claim_orphans()``, ``adopt()``) sets its ``sync_seq`` to a number greater

@@ -21,12 +21,12 @@ from _corehelpers import (
 )
 
 from fastapi_taskflow._pycore.owners import owner_alive
-from fastapi_taskflow._pycore.snapshot import MIGRATIONS
+from fastapi_taskflow._pycore.snapshot import MIGRATIONS, SCHEMA_VERSION
 
 
-def test_the_journal_columns_and_indexes_of_version_3(make_store: StoreFactory, db_path: str) -> None:
+def test_the_journal_columns_and_the_partial_indexes(make_store: StoreFactory, db_path: str) -> None:
     make_store(db_path)
-    assert query(db_path, "SELECT version FROM schema_version") == [(5,)]
+    assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     columns = [row[1] for row in query(db_path, "PRAGMA table_info(task_history)")]
     assert columns[-5:-1] == ["logs_dropped", "owner", "encrypted_payload", "retry_of"]
     indexes = dict(query(db_path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
@@ -34,7 +34,8 @@ def test_the_journal_columns_and_indexes_of_version_3(make_store: StoreFactory, 
     assert indexes["task_history_idempotency"].endswith(
         "(idempotency_key, created_us) WHERE idempotency_key IS NOT NULL"
     )
-    assert indexes["task_history_end"].endswith("(end_us) WHERE end_us IS NOT NULL")
+    assert "task_history_end" not in indexes  # dropped by version 6: retention walks the creation index
+    assert indexes["task_history_status"].endswith("(status, created_us, task_id) WHERE status <> 'success'")
 
 
 def test_both_cores_build_the_same_schema(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_a_version_2_file_is_migrated(make_store: StoreFactory, db_path: str) ->
     conn.close()
     insert_rows(db_path, [{"task_id": "old", "func_name": "f", "status": "pending", "created_us": 1}])
     store = make_store(db_path)
-    assert query(db_path, "SELECT version FROM schema_version") == [(5,)]
+    assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     record = store.get("old")
     assert (record["status"], record["encrypted_payload"], record["retry_of"]) == ("pending", None, None)
     assert stored(db_path) == {"old": ("pending", None)}

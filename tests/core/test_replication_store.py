@@ -27,7 +27,7 @@ from _corehelpers import (
 )
 from sqlite_peek import count, query, rows
 
-from fastapi_taskflow._pycore.snapshot import MIGRATIONS, TASK_ROW_KEYS
+from fastapi_taskflow._pycore.snapshot import MIGRATIONS, SCHEMA_VERSION, TASK_ROW_KEYS
 from fastapi_taskflow.backends.base import TASK_COLUMNS
 
 #: The type of each key of a row (``TaskRow`` in ``backends/base.py``).
@@ -334,7 +334,7 @@ def test_a_version_4_file_is_migrated_to_5(make_store: StoreFactory, db_path: st
     )
     assert "sync_seq" not in {r["name"] for r in query(db_path, "PRAGMA table_info(task_history)")}
     store = make_store(db_path)
-    assert query(db_path, "SELECT version FROM schema_version") == [{"version": 5}]
+    assert query(db_path, "SELECT version FROM schema_version") == [{"version": SCHEMA_VERSION}]
     (index,) = query(db_path, "SELECT sql FROM sqlite_master WHERE name = 'task_history_sync'")
     assert index["sql"].endswith("ON task_history(sync_seq) WHERE sync_seq IS NOT NULL")
     assert seqs(db_path) == {old: None}  # written before version 5: no number

@@ -16,7 +16,7 @@ import pytest
 from _corehelpers import GET_KEYS, StoreFactory, loads, require_cores, run_sql, stored
 from sqlite_peek import query
 
-from fastapi_taskflow._pycore.snapshot import MIGRATIONS
+from fastapi_taskflow._pycore.snapshot import MIGRATIONS, SCHEMA_VERSION
 
 FAR = 2**62  # a before_us later than every fire_us of these tests
 
@@ -312,7 +312,7 @@ def test_a_version_3_file_is_migrated_to_the_current_version(make_store: StoreFa
     tables = "SELECT name FROM sqlite_master WHERE name LIKE 'task_%' ORDER BY name"
     assert "task_metadata" not in {row["name"] for row in query(db_path, tables)}
     store = make_store(db_path)
-    assert query(db_path, "SELECT version FROM schema_version") == [{"version": 5}]
+    assert query(db_path, "SELECT version FROM schema_version") == [{"version": SCHEMA_VERSION}]
     assert {"task_metadata", "task_schedule_locks", "task_scheduled_once", "task_scheduled_once_fire"} <= {
         row["name"] for row in query(db_path, tables)
     }
@@ -324,7 +324,7 @@ def test_a_version_3_file_is_migrated_to_the_current_version(make_store: StoreFa
 
     again = make_store(db_path)  # a file of the current version opens as it is
     assert (due_keys(again), again.load_metadata("k"), again.acquire_lock("l", 60)) == (["r"], "v", False)
-    assert query(db_path, "SELECT version FROM schema_version") == [{"version": 5}]
+    assert query(db_path, "SELECT version FROM schema_version") == [{"version": SCHEMA_VERSION}]
 
 
 #: Answers each line "lock <key>" or "fire <key>" with the outcome of that one call, as JSON.

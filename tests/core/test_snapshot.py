@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from _corehelpers import STATUSES, StoreFactory, all_pages, drive, load_core, loads, query, wait_for_next_microsecond
 
+from fastapi_taskflow._pycore.snapshot import MIGRATIONS, SCHEMA_VERSION
+
 
 def finished_records(store: Any, n: int, name: str = "f") -> list[str]:
     ids = []
@@ -30,7 +32,7 @@ def test_db_path_property(make_store: StoreFactory, db_path: str) -> None:
 def test_schema_and_wal(make_store: StoreFactory, db_path: str) -> None:
     make_store(db_path)
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert query(db_path, "SELECT version FROM schema_version") == [(5,)]
+    assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     columns = [row[1] for row in query(db_path, "PRAGMA table_info(task_history)")]
     assert columns[:3] == ["task_id", "func_name", "status"] and len(columns) == 23
     assert columns[-5:] == ["logs_dropped", "owner", "encrypted_payload", "retry_of", "sync_seq"]
@@ -341,3 +343,31 @@ def test_empty_file_becomes_a_snapshot(make_store: StoreFactory, tmp_path: Path)
     store = make_store(str(path))
     finished_records(store, 1)
     assert store.flush() == 1
+
+
+def test_a_version_5_file_is_migrated_to_cheaper_indexes(make_store: StoreFactory, db_path: str) -> None:
+    """Version 6: no ``task_history_end``, a status index without successes; pages and retention unchanged."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statements in MIGRATIONS[:5]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (5)")
+        rows = [(f"00000000-0000-4000-8000-00000000000{n}", status, n * 10) for n, status in enumerate(STATUSES[2:], 1)]
+        conn.executemany(
+            "INSERT INTO task_history (task_id, func_name, status, created_us, start_us, end_us)"
+            " VALUES (?, 'f', ?, ?, ?, ?)",
+            [(task_id, status, created, created, created + 1) for task_id, status, created in rows],
+        )
+    conn.close()
+    store = make_store(db_path)
+    assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    indexes = dict(query(db_path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+    assert "task_history_end" not in indexes
+    assert indexes["task_history_status"].endswith("WHERE status <> 'success'")
+    for task_id, status, _ in rows:
+        assert [r["task_id"] for r in all_pages(store, 2, status=status)] == [task_id]
+    assert [r["task_id"] for r in all_pages(store, 2)] == [task_id for task_id, _, _ in rows][::-1]
+    # Rows 1 and 2 ended at 11 and 21: only they ended before 22.
+    assert store.delete_finished_before(22) == (0, 2)
+    assert [r["status"] for r in all_pages(store, 10)] == ["rejected", "cancelled", "interrupted"]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from _corehelpers import StoreFactory, all_pages, drive, loads, query, sort_key, wait_for_next_microsecond
 
-from fastapi_taskflow._pycore.snapshot import MIGRATIONS
+from fastapi_taskflow._pycore.snapshot import MIGRATIONS, SCHEMA_VERSION
 
 
 def fill(store: Any, n: int) -> dict[str, set[str]]:
@@ -97,4 +97,4 @@ def test_version_1_file_gets_its_tags_backfilled(make_store: StoreFactory, db_pa
     assert [r["task_id"] for r in all_pages(store, 1, tag="env=dev")] == ["t1"]
     assert [r["task_id"] for r in all_pages(store, 1, tag="k=v")] == ["t0"]
     assert loads(store.get_json("t0"))["logs_dropped"] == 0  # the column v2 adds, defaulted
-    assert query(db_path, "SELECT version FROM schema_version") == [(5,)]
+    assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
