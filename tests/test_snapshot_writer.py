@@ -13,7 +13,7 @@ from typing import Any
 from polling import wait_for
 
 from fastapi_taskflow import ManagedBackgroundTasks, TaskManager
-from fastapi_taskflow.persistence import BATCH_WINDOW, WRITE_BEHIND
+from fastapi_taskflow.persistence import WRITE_BEHIND
 
 
 def unwritten(manager: TaskManager) -> int:
@@ -38,7 +38,6 @@ def test_a_finished_task_is_written_within_moments(tmp_path: Path) -> None:
 
     async def scenario() -> int:
         await manager.startup()
-        await asyncio.sleep(BATCH_WINDOW * 2)  # past the start-up write
         writer = manager.writer
         assert writer is not None
         writes = writer.writes

@@ -101,6 +101,7 @@ class SnapshotWriter:
             self._halt = halt = asyncio.Event()
             # The core calls this from the thread of the change, which may be a worker's.
             wake_up = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, wake.set)
+            self._core.on_unwritten(wake_up)
             self._task = asyncio.create_task(self._run(wake, halt, wake_up), name="taskflow-snapshot")
             # Not with a shared backend: each write there has a follower (``after_write``),
             # which only this writer's own writes call.
@@ -141,8 +142,6 @@ class SnapshotWriter:
         return written
 
     async def _run(self, wake: asyncio.Event, halt: asyncio.Event, wake_up: Callable[[], object]) -> None:
-        # What was left unwritten before the start is written at once.
-        wake.set()
         written: int | None = 0
         # The flag is checked before each wait: a stop may come while a write runs.
         while not self._stopping:

@@ -1538,16 +1538,13 @@ impl TaskStore {
         self.write_behind.arm(wake);
     }
 
-    /// After a change that left `unwritten` records unwritten, out of every lock: wakes the
-    /// owner, and starts a flush when one is due.
+    /// After a change that left `unwritten` records unwritten (which only a store with a
+    /// file has), out of every lock: wakes the owner, and starts a flush when one is due.
     fn left_unwritten(&self, unwritten: usize) {
         if let Some(wake) = self.write_behind.take_wake() {
             wake();
         }
-        if self.snapshot.is_some()
-            && self.write_behind.is_due(unwritten)
-            && self.write_behind.try_start()
-        {
+        if self.write_behind.is_due(unwritten) && self.write_behind.try_start() {
             self.spawn_write_behind();
         }
     }
