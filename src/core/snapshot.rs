@@ -74,8 +74,8 @@ CREATE INDEX task_history_status ON task_history(status, created_us, task_id) WH
 "];
 
 /// The condition of `task_history_status`, which a query must state, word for word, for
-/// SQLite to use that partial index.
-const NOT_SUCCESS: &str = "h.status <> 'success'";
+/// SQLite to use that partial index (it does not infer it from `status = 'failed'`).
+const NOT_SUCCESS: &str = "status <> 'success'";
 
 /// The columns of a row, in the order [`read_row`] reads them.
 const COLUMNS: &str = "task_id, func_name, status, created_us, start_us, end_us, retries_used, error, \
@@ -125,8 +125,8 @@ owner = excluded.owner, sync_seq = excluded.sync_seq";
 /// The statuses that end a task, as an SQL list. Twin of the finished statuses of `record.rs`.
 const FINISHED_SQL: &str = "('success', 'failed', 'interrupted', 'cancelled', 'rejected')";
 
-/// The statuses of unfinished rows, as an SQL list.
-const UNFINISHED_SQL: &str = "('pending', 'running')";
+/// Unfinished rows, found through the status index.
+const UNFINISHED: &str = "status IN ('pending', 'running') AND status <> 'success'";
 
 /// Tags never change after a record is created, so a re-flushed record re-inserts the same
 /// rows: ignoring duplicates replaces the delete (which, keyed by tag, would scan the table).
@@ -1089,12 +1089,12 @@ impl Snapshot {
     /// Takes over the unfinished rows of dead owners (see [`Claim`]) in one write
     /// transaction, so two stores on one file never both take a row.
     pub(crate) fn claim(&self, me: &str, is_dead: impl Fn(&str) -> bool) -> CoreResult<Claim> {
-        let sql = format!("SELECT {COLUMNS} FROM task_history WHERE status IN {UNFINISHED_SQL}");
+        let sql = format!("SELECT {COLUMNS} FROM task_history WHERE {UNFINISHED}");
         self.in_write_tx("claim unfinished rows in", |tx| {
             let owners: Vec<String> = {
                 let mut stmt = tx.prepare(&format!(
                     "SELECT DISTINCT owner FROM task_history WHERE owner IS NOT NULL AND owner <> ?1 \
-                     AND status IN {UNFINISHED_SQL}"
+                     AND {UNFINISHED}"
                 ))?;
                 let rows = stmt.query_map([me], |r| Ok(text(r.get_ref(0)?)))?;
                 rows.filter_map(Result::transpose)
@@ -1642,6 +1642,9 @@ mod tests {
         }
         let p = page_plan(None, Some("f"));
         assert!(p.contains("USING INDEX task_history_name"), "{p}");
+        let claim =
+            format!("SELECT task_id FROM task_history WHERE {UNFINISHED} AND owner IS NULL");
+        assert!(plan(&path, &claim).contains("USING INDEX task_history_status"));
         assert!(!page_plan(Some(Status::Failed), Some("f")).contains("TEMP B-TREE"));
     }
 

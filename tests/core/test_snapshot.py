@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from _corehelpers import STATUSES, StoreFactory, all_pages, drive, load_core, loads, query, wait_for_next_microsecond
 
-from fastapi_taskflow._pycore.snapshot import MIGRATIONS, SCHEMA_VERSION
+from fastapi_taskflow._pycore.snapshot import MIGRATIONS, SCHEMA_VERSION, SnapshotDb
 
 
 def finished_records(store: Any, n: int, name: str = "f") -> list[str]:
@@ -371,3 +371,25 @@ def test_a_version_5_file_is_migrated_to_cheaper_indexes(make_store: StoreFactor
     # Rows 1 and 2 ended at 11 and 21: only they ended before 22.
     assert store.delete_finished_before(22) == (0, 2)
     assert [r["status"] for r in all_pages(store, 10)] == ["rejected", "cancelled", "interrupted"]
+
+
+def test_the_python_cores_reads_walk_the_partial_status_index(tmp_path: Path) -> None:
+    """SQLite uses a partial index only when the query states its condition: the pages and claims of ``_pycore`` do."""
+    db = SnapshotDb(str(tmp_path / "tasks.db"))
+    statements: list[str] = []
+    conn = db._conn
+    assert conn is not None
+    conn.set_trace_callback(statements.append)
+    db.page(None, "failed", None, 10)
+    db.page(None, "success", None, 10)
+    with db.lock:
+        db.claim_locked("me", lambda row: True)
+    conn.set_trace_callback(None)
+    selects = [s for s in statements if s.startswith("SELECT") and "FROM task_history" in s and "max(" not in s]
+    plans = [" ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + s)) for s in selects]
+    assert len(plans) == 3
+    failed, success, claim = plans
+    assert "USING INDEX task_history_status" in failed
+    assert "USING INDEX task_history_created" in success
+    assert "USING INDEX task_history_status" in claim
+    db.close()

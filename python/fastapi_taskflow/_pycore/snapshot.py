@@ -179,7 +179,7 @@ _DELETED = "SELECT task_id, func_name, status, start_us, end_us FROM task_histor
 #: that ended before it was created before it. The unary plus keeps the planner off the status index.
 _ENDED_BEFORE = _DELETED + f" WHERE created_us < ? AND end_us < ? AND +status IN {_FINISHED_SQL}"
 #: The condition of the partial ``task_history_status``, which a query must state word for word to use it.
-_NOT_SUCCESS = "h.status <> 'success'"
+_NOT_SUCCESS = "status <> 'success'"
 _UPSERT_COLUMNS = (*COLUMNS, "sync_seq")
 _UPSERT = (
     f"INSERT INTO task_history ({', '.join(_UPSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_UPSERT_COLUMNS))})"
@@ -390,8 +390,8 @@ class SnapshotDb:
             rows: list[Row] = [
                 row
                 for row in c.execute(
-                    _SELECT + " WHERE status IN ('pending', 'running') AND (owner IS NULL OR owner <> ?)"
-                    " ORDER BY created_us, task_id",
+                    _SELECT + f" WHERE status IN ('pending', 'running') AND {_NOT_SUCCESS}"
+                    " AND (owner IS NULL OR owner <> ?) ORDER BY created_us, task_id",
                     (instance_id,),
                 )
                 if take(row)
