@@ -34,31 +34,37 @@ def add_task_us(make_target: Callable[[], Target], *, calls: int, repeats: int) 
     return median(results)
 
 
-async def end_to_end_tps(make_target: Callable[[], Target], *, tasks_per_run: int, repeats: int) -> float:
-    """Median tasks/s of running ``tasks_per_run`` no-ops the way requests bring them.
+async def end_to_end_tps(*make_targets: Callable[[], Target], tasks_per_run: int, repeats: int) -> list[float]:
+    """Median tasks/s of each target, running ``tasks_per_run`` no-ops the way requests bring them.
 
     Each batch of ``BATCH`` tasks is enqueued on a fresh tasks object and then awaited, and
     the event loop gets a turn between batches, as it does between requests: a running
     snapshot writer flushes then, concurrently, in its worker thread. The target is started
     before the clock starts; its ``finish`` (the final flush, when there is a file) is inside
-    the timing, so every task is on disk when the clock stops.
+    the timing, so every task is on disk when the clock stops. The targets take turns, one run
+    each per repeat: their figures compare runs made under the same load of the machine, in the
+    same state of the process.
     """
-    results: list[float] = []
+    results: list[list[float]] = [[] for _ in make_targets]
     for _ in range(repeats):
-        target = make_target()
-        await target.start()
-        gc.collect()
-        start = perf_counter_ns()
-        for _ in range(tasks_per_run // BATCH):
-            tasks = target.new_tasks()
-            add = tasks.add_task
-            for _ in range(BATCH):
-                add(noop, 1, x=2)
-            await tasks()
-            await asyncio.sleep(0)
-        await target.finish()
-        elapsed = perf_counter_ns() - start
-        await target.stop()
-        target.close()
-        results.append(tasks_per_run // BATCH * BATCH / (elapsed / 1e9))
-    return median(results)
+        for make_target, runs in zip(make_targets, results, strict=True):
+            runs.append(await _end_to_end_run(make_target(), tasks_per_run))
+    return [median(runs) for runs in results]
+
+
+async def _end_to_end_run(target: Target, tasks_per_run: int) -> float:
+    await target.start()
+    gc.collect()
+    start = perf_counter_ns()
+    for _ in range(tasks_per_run // BATCH):
+        tasks = target.new_tasks()
+        add = tasks.add_task
+        for _ in range(BATCH):
+            add(noop, 1, x=2)
+        await tasks()
+        await asyncio.sleep(0)
+    await target.finish()
+    elapsed = perf_counter_ns() - start
+    await target.stop()
+    target.close()
+    return tasks_per_run // BATCH * BATCH / (elapsed / 1e9)
