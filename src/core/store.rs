@@ -623,6 +623,16 @@ impl State {
         self.dirty.len() + self.journal_dirty.len()
     }
 
+    /// The records a write behind may take: none while the last write failed, since the
+    /// owner's retries, with their pauses, take over until one succeeds.
+    fn behind(&self) -> usize {
+        if self.health.ok {
+            self.unwritten()
+        } else {
+            0
+        }
+    }
+
     /// The flush health with the count of records waiting to be written.
     fn health_now(&self) -> Health {
         Health {
@@ -941,9 +951,9 @@ impl TaskStore {
         }
         let id = st.insert(&t, payload, now);
         if t.journal && st.persist {
-            let unwritten = st.unwritten();
+            let behind = st.behind();
             drop(st);
-            self.left_unwritten(unwritten);
+            self.left_unwritten(behind);
         }
         Ok((TaskId::Uuid(id), true))
     }
@@ -1168,9 +1178,9 @@ impl TaskStore {
             }
         }
         if journal_row_changed || (finished && st.persist) {
-            let unwritten = st.unwritten();
+            let behind = st.behind();
             drop(guard);
-            self.left_unwritten(unwritten);
+            self.left_unwritten(behind);
         }
         Ok(true)
     }
@@ -1190,9 +1200,9 @@ impl TaskStore {
         st.ring.push(Event::Log { id, line });
         if st.persist && finished {
             st.dirty.insert(id);
-            let unwritten = st.unwritten();
+            let behind = st.behind();
             drop(guard);
-            self.left_unwritten(unwritten);
+            self.left_unwritten(behind);
         }
         Ok(())
     }
@@ -1492,7 +1502,6 @@ impl TaskStore {
         let revs: Vec<(u128, u64)> = batch.iter().map(|(id, r)| (*id, r.rev)).collect();
         let result = snap.write(&batch, &self.instance_id);
         drop(batch);
-        self.write_behind.note_outcome(result.is_ok());
         let mut st = self.lock();
         match &result {
             Ok(_) => {
@@ -1538,13 +1547,14 @@ impl TaskStore {
         self.write_behind.arm(wake);
     }
 
-    /// After a change that left `unwritten` records unwritten (which only a store with a
-    /// file has), out of every lock: wakes the owner, and starts a flush when one is due.
-    fn left_unwritten(&self, unwritten: usize) {
+    /// After a change that left a record unwritten (which only a store with a file does),
+    /// out of every lock: wakes the owner, and starts a flush when `behind` records are
+    /// enough (see [`State::behind`]).
+    fn left_unwritten(&self, behind: usize) {
         if let Some(wake) = self.write_behind.take_wake() {
             wake();
         }
-        if self.write_behind.is_due(unwritten) && self.write_behind.try_start() {
+        if self.write_behind.is_due(behind) && self.write_behind.try_start() {
             self.spawn_write_behind();
         }
     }
@@ -1563,8 +1573,8 @@ impl TaskStore {
                 store.write_behind.finished();
                 // Records that came while it wrote: at once, if enough wait (and no other
                 // thread took them).
-                let unwritten = store.lock().unwritten();
-                if !(store.write_behind.is_due(unwritten) && store.write_behind.try_start()) {
+                let behind = store.lock().behind();
+                if !(store.write_behind.is_due(behind) && store.write_behind.try_start()) {
                     break;
                 }
             });

@@ -19,8 +19,6 @@ pub(crate) struct WriteBehind {
     threshold: AtomicUsize,
     /// Whether a write started here still runs.
     running: AtomicBool,
-    /// Whether the store's last write failed: none starts here until one succeeds.
-    failing: AtomicBool,
     /// Whether `wake` holds a callback: read without the lock on every change.
     armed: AtomicBool,
     wake: Mutex<Option<Wake>>,
@@ -31,7 +29,6 @@ impl std::fmt::Debug for WriteBehind {
         f.debug_struct("WriteBehind")
             .field("threshold", &self.threshold.load(Ordering::Relaxed))
             .field("running", &self.running.load(Ordering::Relaxed))
-            .field("failing", &self.failing.load(Ordering::Relaxed))
             .field("armed", &self.armed.load(Ordering::Relaxed))
             .finish()
     }
@@ -45,16 +42,11 @@ impl WriteBehind {
             .store(threshold.unwrap_or(0), Ordering::Release);
     }
 
-    /// Notes how the store's last write (whoever started it) went.
-    pub(crate) fn note_outcome(&self, ok: bool) {
-        self.failing.store(!ok, Ordering::Release);
-    }
-
     /// Whether `unwritten` records call for a write of their own: a threshold is set and
-    /// reached, and the last write did not fail.
+    /// reached.
     pub(crate) fn is_due(&self, unwritten: usize) -> bool {
         let threshold = self.threshold.load(Ordering::Acquire);
-        threshold > 0 && unwritten >= threshold && !self.failing.load(Ordering::Acquire)
+        threshold > 0 && unwritten >= threshold
     }
 
     /// Claims the right to start a write; false while the last one still runs.
@@ -99,16 +91,6 @@ mod tests {
         assert!(w.is_due(3) && w.is_due(4));
         w.set_threshold(None);
         assert!(!w.is_due(3));
-    }
-
-    #[test]
-    fn nothing_is_due_after_a_failed_write_until_one_succeeds() {
-        let w = WriteBehind::default();
-        w.set_threshold(Some(1));
-        w.note_outcome(false);
-        assert!(!w.is_due(10));
-        w.note_outcome(true);
-        assert!(w.is_due(10));
     }
 
     #[test]

@@ -33,6 +33,9 @@ from .statuses import ALLOWED, FINISHED_SET, FREES_KEY, KNOWN, STATUSES
 
 logger = logging.getLogger("fastapi_taskflow")
 
+#: What a change that left a record unwritten must do once the lock is released (see ``_unwritten_signal``).
+_Signal = tuple[Callable[[], object] | None, bool]
+
 _I64_MAX = 2**63 - 1
 #: The idempotency cutoff without a ttl: every record is recent enough to hold its key.
 _NO_CUTOFF = -(2**63)
@@ -471,14 +474,15 @@ class TaskStore:
             self._queue_pending[rec.queue] = self._queue_pending.get(rec.queue, 0) + 1
             self._records[task_id] = rec
             self._index(rec)
-            left_unwritten = journal and self._persist and not written
+            signal = None
             if journal and self._persist:
                 rec.journal = True
                 if not written:
                     self._dirty.add(task_id)
+                    signal = self._unwritten_signal()
             self._ring.push(("created", rec, "pending", None, None, 0, None, None))
-        if left_unwritten:
-            self._left_unwritten()
+        if signal is not None:
+            self._left_unwritten(signal)
 
     def transition(
         self,
@@ -539,17 +543,19 @@ class TaskStore:
             self._ring.push(
                 ("status", rec, status, rec.start_us, rec.end_us, rec.retries_used, rec.error, rec.stacktrace)
             )
-            left_unwritten = self._persist and (finished or (rec.journal and row_changed))
+            signal = None
             if finished:
                 self._finished.add(rec.key)
                 if self._persist:
                     self._dirty.add(task_id)
+                    signal = self._unwritten_signal()
                 elif len(self._finished) > self._max_history:
                     self._evict([self._records[self._finished.pop_oldest()[1]]])
-            elif left_unwritten:
+            elif rec.journal and row_changed and self._persist:
                 self._dirty.add(task_id)
-        if left_unwritten:
-            self._left_unwritten()
+                signal = self._unwritten_signal()
+        if signal is not None:
+            self._left_unwritten(signal)
         return True
 
     def append_log(self, task_id: str, line: str) -> None:
@@ -566,12 +572,13 @@ class TaskStore:
                 rec.logs_dropped += 1
             logs.append(line)
             rec.cache = None
-            left_unwritten = self._persist and rec.status in FINISHED_SET
-            if left_unwritten:
+            signal = None
+            if self._persist and rec.status in FINISHED_SET:
                 self._dirty.add(task_id)
+                signal = self._unwritten_signal()
             self._ring.push(("log", task_id, line))
-        if left_unwritten:
-            self._left_unwritten()
+        if signal is not None:
+            self._left_unwritten(signal)
 
     # -- index upkeep ----------------------------------------------------------------------
 
@@ -715,11 +722,14 @@ class TaskStore:
         with self._lock:
             self._wake = wake
 
-    def _left_unwritten(self) -> None:
-        """After a change left a record unwritten, out of the lock: wake the owner, and start a flush if one is due."""
-        with self._lock:
-            wake, self._wake = self._wake, None
-            due = self._write_behind_due()
+    def _unwritten_signal(self) -> _Signal:
+        """Under the lock, after a change left a record unwritten: the wake (taken) and whether a write is due."""
+        wake, self._wake = self._wake, None
+        return wake, self._write_behind_due()
+
+    def _left_unwritten(self, signal: _Signal) -> None:
+        """Out of the lock, after ``_unwritten_signal``: wake the owner, and start a flush if one is due."""
+        wake, due = signal
         if wake is not None:
             try:
                 wake()
