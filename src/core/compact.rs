@@ -156,8 +156,8 @@ impl Compact {
         }
     }
 
-    /// The full record again, created at `created_us`, at revision `rev`.
-    pub(crate) fn record(&self, created_us: i64, rev: u64, shapes: &Shapes) -> Record {
+    /// The full record again, created at `created_us`.
+    pub(crate) fn record(&self, created_us: i64, shapes: &Shapes) -> Record {
         Record {
             info: Arc::new(TaskInfo {
                 created_us,
@@ -170,7 +170,6 @@ impl Compact {
                 .map(|e| e.logs.clone())
                 .unwrap_or_default(),
             logs_dropped: self.logs_dropped(),
-            rev,
         }
     }
 
@@ -226,9 +225,8 @@ mod tests {
             r
         }] {
             let c = Compact::of(&mut r.clone(), &mut shapes).expect("compact");
-            let back = c.record(r.info.created_us, 7, &shapes);
+            let back = c.record(r.info.created_us, &shapes);
             assert_eq!(json_of(&back), json_of(&r));
-            assert_eq!(back.rev, 7);
             let mut buf = Vec::new();
             c.write_json(&mut buf, "id", r.info.created_us, &shapes);
             assert_eq!(buf, json_of(&r));
@@ -288,7 +286,7 @@ mod tests {
         for line in ["a", "b", "c"] {
             c.push_log(line.into(), 2);
         }
-        let back = c.record(0, 0, &shapes);
+        let back = c.record(0, &shapes);
         assert_eq!(
             back.logs.iter().map(|l| &**l).collect::<Vec<_>>(),
             ["b", "c"]

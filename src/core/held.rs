@@ -28,8 +28,7 @@ pub(crate) struct Entry {
     /// The id's halves: a `u128` would align the entry to 16 bytes and pad it.
     id: [u64; 2],
     pub(crate) created_us: i64,
-    /// Bumped on every change; a flush clears the dirty mark only if it is unchanged. (A full
-    /// body's own `rev` is not kept: this one is.)
+    /// Bumped on every change: what is kept of the record's JSON is kept for one revision.
     pub(crate) rev: u64,
     name_id: u32,
     /// Whether its unfinished row is kept in the file, owned by this store.
@@ -43,7 +42,7 @@ impl Entry {
         Entry {
             id: [(id >> 64) as u64, id as u64],
             created_us: record.info.created_us,
-            rev: record.rev,
+            rev: 0,
             name_id: u32::try_from(name_id).unwrap_or(u32::MAX),
             journal,
             body: Body::Full(Box::new(record)),
@@ -221,11 +220,8 @@ impl Held {
     /// A copy of the record in `slot`, in full.
     pub(crate) fn record(&self, entry: &Entry) -> Record {
         match &entry.body {
-            Body::Full(r) => Record {
-                rev: entry.rev,
-                ..Record::clone(r)
-            },
-            Body::Compact(c) => c.record(entry.created_us, entry.rev, &self.shapes),
+            Body::Full(r) => Record::clone(r),
+            Body::Compact(c) => c.record(entry.created_us, &self.shapes),
         }
     }
 
@@ -324,8 +320,7 @@ mod tests {
     #[test]
     fn finished_plain_records_compact_and_read_the_same() {
         let mut held = Held::default();
-        let mut record = plain(5, Status::Failed);
-        record.rev = 3;
+        let record = plain(5, Status::Failed);
         let slot = held.insert(Entry::new(7, 0, record.clone(), false));
         let json = |held: &Held| {
             let mut buf = Vec::new();
@@ -341,11 +336,11 @@ mod tests {
         assert_eq!(entry.duration(), record.progress.duration());
         assert_eq!(entry.status(), Status::Failed);
         let copy = held.record(entry);
-        assert_eq!((copy.rev, copy.info.created_us), (3, 5));
+        assert_eq!(copy.info.created_us, 5);
         assert_eq!(copy.progress.stacktrace, record.progress.stacktrace);
         held.push_log(slot, "late".into(), 2);
         let entry = held.at(slot).expect("held");
-        assert_eq!((entry.rev, entry.logs_dropped()), (4, 1));
+        assert_eq!((entry.rev, entry.logs_dropped()), (1, 1));
         // A running record and a keyed one stay full.
         let running = held.insert(Entry::new(8, 0, plain(6, Status::Running), false));
         let mut keyed = plain(7, Status::Success);

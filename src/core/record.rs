@@ -267,8 +267,6 @@ pub(crate) struct Record {
     pub(crate) logs: VecDeque<Arc<str>>,
     /// Log lines dropped by the per-record bound (the oldest go first).
     pub(crate) logs_dropped: u64,
-    /// Bumped on every change; a flush clears the dirty mark only if it is unchanged.
-    pub(crate) rev: u64,
 }
 
 impl Record {
@@ -438,7 +436,6 @@ pub(crate) mod tests {
             },
             logs: VecDeque::from(vec![Arc::from("a"), Arc::from("b\"c")]),
             logs_dropped: 0,
-            rev: 0,
         }
     }
 

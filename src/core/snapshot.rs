@@ -258,7 +258,6 @@ impl TaskRow {
             },
             logs,
             logs_dropped: u64::try_from(self.logs_dropped).unwrap_or(0),
-            rev: 0,
         };
         DiskRecord {
             task_id: self.task_id,

@@ -2,8 +2,8 @@
 //! metrics and the event ring under one lock, and the snapshot file beside it.
 //!
 //! Disk I/O never runs under the store lock: reads take what memory has first and then
-//! query the file; a flush copies the dirty records out, writes them, and only then takes
-//! the lock again to clear them and evict.
+//! query the file; a flush takes the dirty marks and copies the records out, writes them,
+//! and only then takes the lock again, to evict (or, if the write failed, to mark them again).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
@@ -309,6 +309,10 @@ struct State {
     dirty: HashSet<u128, IdBuild>,
     /// Unfinished journaled records whose row is out of date (never also in `dirty`).
     journal_dirty: HashSet<u128, IdBuild>,
+    /// The records the running flush is writing: their marks leave `dirty` and
+    /// `journal_dirty` when it copies them, so a change meanwhile marks them again, and
+    /// a flush that succeeds has nothing to clear record by record.
+    writing: HashSet<u128, IdBuild>,
     /// What the flushes found (reported only with a file).
     health: Health,
     metrics: Metrics,
@@ -351,7 +355,7 @@ impl State {
     }
 
     /// Drops the oldest finished records beyond `max_history`; with a file, only those
-    /// already written.
+    /// already written (it runs after a flush succeeded, when no write holds a record).
     fn enforce_retention(&mut self) {
         let excess = self.finished.len().saturating_sub(self.max_history);
         if excess == 0 {
@@ -472,7 +476,6 @@ impl State {
             progress: Progress::new(),
             logs: VecDeque::new(),
             logs_dropped: 0,
-            rev: 0,
         };
         (name_id, record)
     }
@@ -611,23 +614,39 @@ impl State {
         self.metrics.forget(name_id, status, duration);
     }
 
-    /// Copies of the records a flush must write.
-    fn unwritten_batch(&self) -> Vec<(u128, Record)> {
-        let ids = self.dirty.iter().chain(&self.journal_dirty);
-        ids.filter_map(|&id| self.held.get(id).map(|e| (id, self.held.record(e))))
-            .collect()
+    /// Takes the marks of the records a flush must write into `writing`; copies of them.
+    fn take_unwritten(&mut self) -> Vec<(u128, Record)> {
+        // A swap, not a copy: `writing` is empty between flushes.
+        std::mem::swap(&mut self.writing, &mut self.dirty);
+        self.writing.extend(self.journal_dirty.drain());
+        let held = &self.held;
+        let copy = |&id: &u128| held.get(id).map(|e| (id, held.record(e)));
+        self.writing.iter().filter_map(copy).collect()
     }
 
-    /// Records waiting to be written.
+    /// After a failed write: marks again the records it took that are still held, as a
+    /// change does, finished or not.
+    fn mark_unwritten_again(&mut self) {
+        for id in self.writing.drain() {
+            match self.held.get(id).map(|e| e.status().is_finished()) {
+                Some(true) => self.dirty.insert(id),
+                Some(false) => self.journal_dirty.insert(id),
+                None => false,
+            };
+        }
+    }
+
+    /// Records waiting to be written, counting those a write is taking (one changed
+    /// while its write runs counts twice, until that write ends).
     fn unwritten(&self) -> usize {
-        self.dirty.len() + self.journal_dirty.len()
+        self.dirty.len() + self.journal_dirty.len() + self.writing.len()
     }
 
     /// The records a write behind may take: none while the last write failed, since the
     /// owner's retries, with their pauses, take over until one succeeds.
     fn behind(&self) -> usize {
         if self.health.ok {
-            self.unwritten()
+            self.dirty.len() + self.journal_dirty.len()
         } else {
             0
         }
@@ -837,6 +856,7 @@ impl TaskStore {
             finished: SlotIndex::default(),
             dirty: HashSet::default(),
             journal_dirty: HashSet::default(),
+            writing: HashSet::default(),
             health: Health::default(),
             metrics: Metrics::default(),
             queue_pending: HashMap::default(),
@@ -1498,23 +1518,20 @@ impl TaskStore {
         let _serial = self.lock_file_ops();
         // Writing to a closed file is no failure of the file: the health stays as it was.
         snap.ensure_open()?;
-        let batch = self.lock().unwritten_batch();
-        let revs: Vec<(u128, u64)> = batch.iter().map(|(id, r)| (*id, r.rev)).collect();
+        let batch = self.lock().take_unwritten();
         let result = snap.write(&batch, &self.instance_id);
         drop(batch);
         let mut st = self.lock();
         match &result {
             Ok(_) => {
-                for (id, rev) in revs {
-                    if st.held.get(id).is_some_and(|e| e.rev == rev) {
-                        st.dirty.remove(&id);
-                        st.journal_dirty.remove(&id);
-                    }
-                }
+                st.writing.clear();
                 st.health.succeeded(now_us());
                 st.enforce_retention();
             }
-            Err(e) => st.health.failed(&e.to_string()),
+            Err(e) => {
+                st.mark_unwritten_again();
+                st.health.failed(&e.to_string());
+            }
         }
         result
     }
@@ -2365,6 +2382,49 @@ mod tests {
         let text = String::from_utf8(s.metrics_prometheus()).expect("utf8");
         assert!(text.contains("\ntaskflow_snapshot_ok 0\n"));
         assert!(text.contains("\ntaskflow_snapshot_failed_writes_total 1\n"));
+    }
+
+    #[test]
+    fn a_change_while_its_record_is_written_is_written_by_the_next_flush() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 100);
+        let id = run(&s, "f", "success");
+        // Another connection holds the write lock, so the flush waits after its copy.
+        let other = rusqlite::Connection::open(&path).expect("conn");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        std::thread::scope(|scope| {
+            let flush = scope.spawn(|| s.flush());
+            eventually("the flush took the record", || !s.lock().writing.is_empty());
+            s.append_log(&id, "late").expect("log");
+            other.execute_batch("COMMIT").expect("unlock");
+            assert_eq!(flush.join().expect("flush").expect("written"), 1);
+        });
+        assert_eq!(unwritten(&s), 1, "the log line is not on disk yet");
+        assert_eq!(s.flush().expect("second"), 1);
+        let logs: String = other
+            .query_row(
+                "SELECT logs_json FROM task_history WHERE task_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
+            .expect("row");
+        assert_eq!(logs, r#"["late"]"#);
+        assert_eq!(unwritten(&s), 0);
+    }
+
+    #[test]
+    fn a_failed_write_marks_finished_and_journal_records_again() {
+        let (_d, path) = tmp_db();
+        let s = db_store(&path, 100);
+        let done = parse_uuid(&run(&s, "f", "success")).expect("id");
+        let (pending, _) = create(&s, journaled("j"));
+        let conn = rusqlite::Connection::open(&path).expect("conn");
+        conn.execute_batch("DROP TABLE task_history").expect("drop");
+        assert!(s.flush().is_err());
+        let st = s.lock();
+        assert!(st.writing.is_empty());
+        assert_eq!(st.dirty.iter().collect::<Vec<_>>(), [&done]);
+        assert_eq!(st.journal_dirty.iter().collect::<Vec<_>>(), [&pending]);
     }
 
     fn tmp_db() -> (tempfile::TempDir, String) {
