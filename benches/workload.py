@@ -3,6 +3,8 @@
 Usage: ``python benches/workload.py starlette|rust|python [--quick]``. The core is
 chosen when ``fastapi_taskflow`` is first imported, so ``run.py`` starts one process
 per variant with ``FASTAPI_TASKFLOW_CORE`` set; this process checks it got that core.
+The rust variant's process also times the Python core's operations (scenario 6), in turns
+with the Rust core's, and prints them under keys that begin with ``coreops.PYTHON_CORE``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 
 import targets
-from coreops import core_ops
+from coreops import PYTHON_CORE, core_ops
 from enqueue import add_task_us, end_to_end_tps
 from observability import observability_costs
 from reads import empty_route_us, read_scenarios
@@ -77,9 +79,13 @@ async def _run(variant: str, scale: Scale) -> dict[str, float]:
             repeats=scale.repeats,
         )
     results.update(await read_scenarios(scale.read_sizes, budget_s=scale.read_budget_s))
-    from fastapi_taskflow._selected import core
+    if variant == "rust":
+        # Both cores, in turns in this one process: see core_ops.
+        from fastapi_taskflow import _core, _pycore
 
-    results.update(core_ops(core.TaskStore, runs=scale.repeats, budget_s=scale.read_budget_s))
+        rust, python = core_ops((_core.TaskStore, _pycore.TaskStore), runs=scale.repeats, budget_s=scale.read_budget_s)
+        results.update(rust)
+        results.update({PYTHON_CORE + key: value for key, value in python.items()})
     results.update(await observability_costs(calls=scale.add_task_calls // 5, repeats=scale.repeats))
     return results
 
