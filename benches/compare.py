@@ -8,6 +8,10 @@ from dataclasses import dataclass
 #: Results of one variant, or None when its process failed.
 Results = Mapping[str, float] | None
 
+#: The share of in-memory end-to-end throughput kept with snapshot_db: the median of the
+#: ratios of the runs made in turns, in memory and with the file.
+KEPT = "e2e.snapshot.kept"
+
 
 @dataclass(frozen=True)
 class Row:
@@ -152,10 +156,13 @@ def snapshot_kept(results: Mapping[str, Results]) -> str:
     """The share of in-memory end-to-end throughput each core keeps with a snapshot file."""
     parts = []
     for variant in ("rust", "python"):
-        plain, snap = _value(results.get(variant), "e2e"), _value(results.get(variant), "e2e.snapshot")
-        if plain and snap:
-            parts.append(f"{variant.capitalize()} {100 * snap / plain:.0f}%")
-    return "Throughput kept with snapshot_db on: " + (", ".join(parts) or "n/a") + "."
+        if (kept := _value(results.get(variant), KEPT)) is not None:
+            parts.append(f"{variant.capitalize()} {100 * kept:.0f}%")
+    return (
+        "Throughput kept with snapshot_db on (median over the repeats of the ratio of a repeat's two runs): "
+        + (", ".join(parts) or "n/a")
+        + "."
+    )
 
 
 def render(results: Mapping[str, Results], machine: str) -> str:

@@ -34,22 +34,25 @@ def add_task_us(make_target: Callable[[], Target], *, calls: int, repeats: int) 
     return median(results)
 
 
-async def end_to_end_tps(*make_targets: Callable[[], Target], tasks_per_run: int, repeats: int) -> list[float]:
-    """Median tasks/s of each target, running ``tasks_per_run`` no-ops the way requests bring them.
+async def end_to_end_tps(*make_targets: Callable[[], Target], tasks_per_run: int, repeats: int) -> list[list[float]]:
+    """Tasks/s of each target's ``repeats`` runs, each of ``tasks_per_run`` no-ops the way requests bring them.
 
     Each batch of ``BATCH`` tasks is enqueued on a fresh tasks object and then awaited, and
     the event loop gets a turn between batches, as it does between requests: a running
     snapshot writer flushes then, concurrently, in its worker thread. The target is started
     before the clock starts; its ``finish`` (the final flush, when there is a file) is inside
     the timing, so every task is on disk when the clock stops. The targets take turns, one run
-    each per repeat: their figures compare runs made under the same load of the machine, in the
-    same state of the process.
+    each per repeat, in an order that reverses every repeat (A B, B A, ...): their figures, and
+    the ratio of the runs of one repeat, compare runs made under the same load of the machine,
+    in the same state of the process, and what a run leaves behind (the kernel writing back a
+    file, garbage) falls on the next run of either target as often.
     """
     results: list[list[float]] = [[] for _ in make_targets]
-    for _ in range(repeats):
-        for make_target, runs in zip(make_targets, results, strict=True):
+    turns = list(zip(make_targets, results, strict=True))
+    for repeat in range(repeats):
+        for make_target, runs in turns if repeat % 2 == 0 else turns[::-1]:
             runs.append(await _end_to_end_run(make_target(), tasks_per_run))
-    return [median(runs) for runs in results]
+    return results
 
 
 async def _end_to_end_run(target: Target, tasks_per_run: int) -> float:

@@ -19,10 +19,12 @@ import tempfile
 from dataclasses import dataclass
 
 import targets
+from compare import KEPT
 from coreops import PYTHON_CORE, core_ops
 from enqueue import add_task_us, end_to_end_tps
 from observability import observability_costs
 from reads import empty_route_us, read_scenarios
+from timing import median
 
 VARIANTS = ("starlette", "rust", "python")
 
@@ -54,7 +56,8 @@ async def _run(variant: str, scale: Scale) -> dict[str, float]:
     results: dict[str, float] = {}
     if variant == "starlette":
         results["add_task"] = add_task_us(targets.bare, calls=scale.add_task_calls, repeats=scale.repeats)
-        (results["e2e"],) = await end_to_end_tps(targets.bare, tasks_per_run=scale.tasks_per_run, repeats=scale.repeats)
+        (bare,) = await end_to_end_tps(targets.bare, tasks_per_run=scale.tasks_per_run, repeats=scale.repeats)
+        results["e2e"] = median(bare)
         results["route.empty"] = await empty_route_us(budget_s=scale.read_budget_s)
         return results
     results["add_task"] = add_task_us(targets.managed, calls=scale.add_task_calls, repeats=scale.repeats)
@@ -66,18 +69,22 @@ async def _run(variant: str, scale: Scale) -> dict[str, float]:
         results["add_task.journal"] = add_task_us(
             lambda: targets.managed(next(files), journal=True), calls=scale.add_task_calls, repeats=scale.repeats
         )
-        # In turns, so that the share kept with snapshot_db compares like with like.
-        results["e2e"], results["e2e.snapshot"] = await end_to_end_tps(
+        # In turns, so that the share kept with snapshot_db compares like with like: each
+        # repeat's pair of runs gives one share, and the figure is their median.
+        memory, snapshot = await end_to_end_tps(
             targets.managed,
             lambda: targets.managed(next(files)),
             tasks_per_run=scale.tasks_per_run,
             repeats=scale.repeats,
         )
-        (results["e2e.journal"],) = await end_to_end_tps(
+        results["e2e"], results["e2e.snapshot"] = median(memory), median(snapshot)
+        results[KEPT] = median([s / m for m, s in zip(memory, snapshot, strict=True)])
+        (journal,) = await end_to_end_tps(
             lambda: targets.managed(next(files), journal=True),
             tasks_per_run=scale.tasks_per_run,
             repeats=scale.repeats,
         )
+        results["e2e.journal"] = median(journal)
     results.update(await read_scenarios(scale.read_sizes, budget_s=scale.read_budget_s))
     if variant == "rust":
         # Both cores, in turns in this one process: see core_ops.
