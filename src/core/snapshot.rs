@@ -33,6 +33,12 @@ use super::record::{
 /// of another status states [`NOT_SUCCESS`] to use the index). Retention finds old rows
 /// through the creation index, since a row that ended before a time was created before it,
 /// so `task_history_end` is dropped.
+///
+/// Version 7 leaves the task id out of the creation and name indexes: an entry shrinks from
+/// about 50 bytes to about 12, so a row costs fewer page splits and fewer pages written per
+/// commit (about a tenth of a flush), and the file about 80 bytes less. Pages still sort by
+/// `(created_us, task_id)`: SQLite walks the index and sorts only the rows of one
+/// `created_us`, which are rare ("TEMP B-TREE FOR RIGHT PART OF ORDER BY").
 const MIGRATIONS: &[&str] = &["\
 CREATE TABLE task_history (task_id TEXT PRIMARY KEY, func_name TEXT NOT NULL, status TEXT NOT NULL, \
 created_us INTEGER NOT NULL, start_us INTEGER, end_us INTEGER, retries_used INTEGER NOT NULL DEFAULT 0, \
@@ -71,6 +77,11 @@ CREATE INDEX task_history_sync ON task_history(sync_seq) WHERE sync_seq IS NOT N
 DROP INDEX task_history_end;
 DROP INDEX task_history_status;
 CREATE INDEX task_history_status ON task_history(status, created_us, task_id) WHERE status <> 'success';
+", "\
+DROP INDEX task_history_created;
+CREATE INDEX task_history_created ON task_history(created_us);
+DROP INDEX task_history_name;
+CREATE INDEX task_history_name ON task_history(func_name, created_us);
 "];
 
 /// The condition of `task_history_status`, which a query must state, word for word, for
@@ -648,7 +659,14 @@ fn page_query(q: &PageQuery<'_>) -> (String, Vec<Value>) {
         args.push(Value::Text(task_id.to_owned()));
     }
     if let Some(status) = q.status {
-        conds.push("h.status = ?");
+        // Successes are not in the status index; told `status = 'success'` (a value it may
+        // plan with), SQLite would rather scan the table and sort it than walk the creation
+        // index and sort only ties, so the `+` keeps the term off every index.
+        conds.push(if status == Status::Success {
+            "+h.status = ?"
+        } else {
+            "h.status = ?"
+        });
         args.push(Value::Text(status.as_str().to_owned()));
         if status != Status::Success {
             conds.push(NOT_SUCCESS);
@@ -1611,40 +1629,70 @@ mod tests {
         rows.map(|r| r.expect("row")).collect::<Vec<_>>().join("; ")
     }
 
+    /// `sql` with each `?` replaced by its argument, as a literal: the statement SQLite plans
+    /// again once its values are bound, since this build has STAT4.
+    fn with_literals(sql: &str, args: &[Value]) -> String {
+        let mut parts = sql.split('?');
+        let first = parts.next().unwrap_or_default().to_owned();
+        parts.zip(args).fold(first, |out, (part, arg)| match arg {
+            Value::Integer(n) => format!("{out}{n}{part}"),
+            Value::Text(t) => format!("{out}'{t}'{part}"),
+            other => panic!("no literal for {other:?}"),
+        })
+    }
+
     #[test]
     fn pages_walk_the_index_of_their_filter() {
         let (_d, path) = tmp();
         Snapshot::open(&path).expect("open").close();
+        // The plans of a first page and of a later one, with parameters and with their values.
         let page_plan = |status: Option<Status>, func_name: Option<&str>| {
-            let (sql, args) = page_query(&PageQuery {
-                before: Some((5, "x")),
-                status,
-                func_name,
-                limit: 10,
-                ..PageQuery::default()
-            });
-            plan_with(&path, &sql, args)
+            [None, Some((5, "x"))]
+                .into_iter()
+                .flat_map(|before| {
+                    let (sql, args) = page_query(&PageQuery {
+                        before,
+                        status,
+                        func_name,
+                        limit: 10,
+                        ..PageQuery::default()
+                    });
+                    let literal = plan(&path, &with_literals(&sql, &args));
+                    [plan_with(&path, &sql, args), literal]
+                })
+                .collect::<Vec<_>>()
+        };
+        // Each walks its index; at most the rows of one creation time are sorted.
+        let walks = |status: Option<Status>, func_name: Option<&str>, index: &str| {
+            for p in page_plan(status, func_name) {
+                assert!(p.contains(index), "{status:?} {func_name:?}: {p}");
+                assert!(
+                    !p.contains("TEMP B-TREE FOR ORDER BY"),
+                    "{status:?} {func_name:?}: {p}"
+                );
+            }
         };
         for status in [Status::Failed, Status::Pending, Status::Cancelled] {
-            let p = page_plan(Some(status), None);
-            assert!(
-                p.contains("USING INDEX task_history_status"),
-                "{status:?}: {p}"
-            );
+            walks(Some(status), None, "USING INDEX task_history_status");
         }
-        for (status, name) in [(None, None), (Some(Status::Success), None)] {
-            let p = page_plan(status, name);
-            assert!(
-                p.contains("USING INDEX task_history_created"),
-                "{status:?}: {p}"
-            );
-        }
-        let p = page_plan(None, Some("f"));
-        assert!(p.contains("USING INDEX task_history_name"), "{p}");
+        walks(None, None, "USING INDEX task_history_created");
+        walks(
+            Some(Status::Success),
+            None,
+            "USING INDEX task_history_created",
+        );
+        walks(None, Some("f"), "USING INDEX task_history_name");
+        walks(
+            Some(Status::Success),
+            Some("f"),
+            "USING INDEX task_history_name",
+        );
         let claim =
             format!("SELECT task_id FROM task_history WHERE {UNFINISHED} AND owner IS NULL");
         assert!(plan(&path, &claim).contains("USING INDEX task_history_status"));
-        assert!(!page_plan(Some(Status::Failed), Some("f")).contains("TEMP B-TREE"));
+        for p in page_plan(Some(Status::Failed), Some("f")) {
+            assert!(!p.contains("TEMP B-TREE"), "{p}");
+        }
     }
 
     /// A new file at schema `version`, as that version's code made it.
@@ -2518,7 +2566,7 @@ mod tests {
         }
         let s = Snapshot::open(&path).expect("open");
         let conn = Connection::open(&path).expect("conn");
-        assert_eq!(schema_version(&conn).expect("version"), Some(6));
+        assert_eq!(schema_version(&conn).expect("version"), current());
         drop(conn);
         let names = table_names(&path);
         assert!(!names.contains(&"task_history_end".to_owned()));
@@ -2538,5 +2586,63 @@ mod tests {
         let mut gone: Vec<String> = gone.into_iter().map(|d| d.task_id).collect();
         gone.sort_unstable();
         assert_eq!(gone, [id(1), id(2)], "ended before 30");
+    }
+
+    #[test]
+    fn migrates_version_6_files_to_slim_indexes_that_page_ties_in_order() {
+        let (_d, path) = tmp();
+        drop(file_at_version(&path, 6));
+        // Six rows, two names, two creation times: pages of two end inside a run of ties.
+        let records: Vec<(u128, Record)> = (1..=6)
+            .map(|n: u128| {
+                let mut r = with_status(Status::Success, 10 * ((n as i64 + 2) / 3));
+                let name = if n.is_multiple_of(3) { "g" } else { "f" };
+                Arc::make_mut(&mut r.info).func_name = name.into();
+                (n, r)
+            })
+            .collect();
+        {
+            let mut conn = Connection::open(&path).expect("conn");
+            let tx = conn.transaction().expect("tx");
+            upsert_records(&tx, &records, "me").expect("v6 rows");
+            tx.commit().expect("commit");
+        }
+        let s = Snapshot::open(&path).expect("open");
+        let conn = Connection::open(&path).expect("conn");
+        assert_eq!(schema_version(&conn).expect("version"), current());
+        for (index, columns) in [
+            ("task_history_created", "(created_us)"),
+            ("task_history_name", "(func_name, created_us)"),
+        ] {
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = ?1",
+                    [index],
+                    |r| r.get(0),
+                )
+                .expect("index");
+            assert!(sql.ends_with(columns), "{sql}");
+        }
+        // Pages of two, newest first, each after the last one's cursor.
+        let walk = |func_name: Option<&str>| -> Vec<String> {
+            let mut out: Vec<DiskRecord> = Vec::new();
+            loop {
+                let before = out.last().map(|d| (d.created_us, d.task_id.as_str()));
+                let page = s
+                    .page(&PageQuery {
+                        before,
+                        func_name,
+                        limit: 2,
+                        ..PageQuery::default()
+                    })
+                    .expect("page");
+                if page.is_empty() {
+                    return out.into_iter().map(|d| d.task_id).collect();
+                }
+                out.extend(page);
+            }
+        };
+        assert_eq!(walk(None), [id(6), id(5), id(4), id(3), id(2), id(1)]);
+        assert_eq!(walk(Some("f")), [id(5), id(4), id(2), id(1)]);
     }
 }

@@ -345,29 +345,59 @@ def test_empty_file_becomes_a_snapshot(make_store: StoreFactory, tmp_path: Path)
     assert store.flush() == 1
 
 
-def test_a_version_5_file_is_migrated_to_cheaper_indexes(make_store: StoreFactory, db_path: str) -> None:
-    """Version 6: no ``task_history_end``, a status index without successes; pages and retention unchanged."""
-    with sqlite3.connect(db_path) as conn:
+def file_at_version(path: str, version: int, rows: list[tuple[str, str, str, int]]) -> None:
+    """A file at schema ``version``, as that version made it, holding ``(task_id, func_name, status, created_us)``
+    rows, each started at its creation and ended 1 µs later."""
+    with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for statements in MIGRATIONS[:5]:
+        for statements in MIGRATIONS[:version]:
             for statement in statements:
                 conn.execute(statement)
-        conn.execute("INSERT INTO schema_version (version) VALUES (5)")
-        rows = [(f"00000000-0000-4000-8000-00000000000{n}", status, n * 10) for n, status in enumerate(STATUSES[2:], 1)]
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
         conn.executemany(
             "INSERT INTO task_history (task_id, func_name, status, created_us, start_us, end_us)"
-            " VALUES (?, 'f', ?, ?, ?, ?)",
-            [(task_id, status, created, created, created + 1) for task_id, status, created in rows],
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(task_id, name, status, created, created, created + 1) for task_id, name, status, created in rows],
         )
     conn.close()
+
+
+def test_a_version_6_file_is_migrated_to_slim_indexes_that_page_ties_in_order(
+    make_store: StoreFactory, db_path: str
+) -> None:
+    """Version 7: the task id leaves the creation and name indexes; pages keep their order across ties."""
+    # Two creation times for six rows: pages of two end inside a run of ties.
+    rows = [
+        (f"00000000-0000-4000-8000-00000000000{n}", "g" if n % 3 == 0 else "f", "success", (n + 2) // 3)
+        for n in range(1, 7)
+    ]
+    file_at_version(db_path, 6, rows)
+    store = make_store(db_path)
+    assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    indexes = dict(query(db_path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+    assert indexes["task_history_created"].endswith("(created_us)")
+    assert indexes["task_history_name"].endswith("(func_name, created_us)")
+    newest_first = [row[0] for row in rows][::-1]
+    assert [r["task_id"] for r in all_pages(store, 2)] == newest_first
+    assert [r["task_id"] for r in all_pages(store, 2, func_name="f")] == [
+        task_id for task_id, name, _, _ in rows[::-1] if name == "f"
+    ]
+
+
+def test_a_version_5_file_is_migrated_to_cheaper_indexes(make_store: StoreFactory, db_path: str) -> None:
+    """Version 6: no ``task_history_end``, a status index without successes; pages and retention unchanged."""
+    rows = [
+        (f"00000000-0000-4000-8000-00000000000{n}", "f", status, n * 10) for n, status in enumerate(STATUSES[2:], 1)
+    ]
+    file_at_version(db_path, 5, rows)
     store = make_store(db_path)
     assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     indexes = dict(query(db_path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
     assert "task_history_end" not in indexes
     assert indexes["task_history_status"].endswith("WHERE status <> 'success'")
-    for task_id, status, _ in rows:
+    for task_id, _, status, _ in rows:
         assert [r["task_id"] for r in all_pages(store, 2, status=status)] == [task_id]
-    assert [r["task_id"] for r in all_pages(store, 2)] == [task_id for task_id, _, _ in rows][::-1]
+    assert [r["task_id"] for r in all_pages(store, 2)] == [row[0] for row in rows][::-1]
     # Rows 1 and 2 ended at 11 and 21: only they ended before 22.
     assert store.delete_finished_before(22) == (0, 2)
     assert [r["status"] for r in all_pages(store, 10)] == ["rejected", "cancelled", "interrupted"]
