@@ -36,9 +36,11 @@ use super::record::{
 ///
 /// Version 7 leaves the task id out of the creation and name indexes: an entry shrinks from
 /// about 50 bytes to about 12, so a row costs fewer page splits and fewer pages written per
-/// commit (about a tenth of a flush), and the file about 80 bytes less. Pages still sort by
-/// `(created_us, task_id)`: SQLite walks the index and sorts only the rows of one
-/// `created_us`, which are rare ("TEMP B-TREE FOR RIGHT PART OF ORDER BY").
+/// commit (about a fifth of a flush into a new file), and the file about 80 bytes less.
+/// Pages still sort by `(created_us, task_id)`: SQLite walks the index and sorts only the
+/// rows of one `created_us` ("TEMP B-TREE FOR RIGHT PART OF ORDER BY"). That sorter costs
+/// a page read from the file about 1-2 µs a row (0.3-0.5 ms for 100 rows, against 0.25-0.35
+/// before): every finished task is written, while pages are read when someone looks.
 const MIGRATIONS: &[&str] = &["\
 CREATE TABLE task_history (task_id TEXT PRIMARY KEY, func_name TEXT NOT NULL, status TEXT NOT NULL, \
 created_us INTEGER NOT NULL, start_us INTEGER, end_us INTEGER, retries_used INTEGER NOT NULL DEFAULT 0, \
