@@ -664,15 +664,12 @@ fn page_query(q: &PageQuery<'_>) -> (String, Vec<Value>) {
         // Successes are not in the status index; told `status = 'success'` (a value it may
         // plan with), SQLite would rather scan the table and sort it than walk the creation
         // index and sort only ties, so the `+` keeps the term off every index.
-        conds.push(if status == Status::Success {
-            "+h.status = ?"
+        if status == Status::Success {
+            conds.push("+h.status = ?");
         } else {
-            "h.status = ?"
-        });
-        args.push(Value::Text(status.as_str().to_owned()));
-        if status != Status::Success {
-            conds.push(NOT_SUCCESS);
+            conds.extend(["h.status = ?", NOT_SUCCESS]);
         }
+        args.push(Value::Text(status.as_str().to_owned()));
     }
     if let Some(name) = q.func_name {
         conds.push("h.func_name = ?");

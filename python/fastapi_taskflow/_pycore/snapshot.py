@@ -546,10 +546,11 @@ class SnapshotDb:
         if status is not None:
             # Successes are not in the status index; told status = 'success', SQLite would rather scan and
             # sort the table than walk the creation index and sort ties, so the + keeps the term off indexes.
-            where.append("+h.status = ?" if status == "success" else "h.status = ?")
+            if status == "success":
+                where.append("+h.status = ?")
+            else:
+                where += ["h.status = ?", _NOT_SUCCESS]
             params.append(status)
-            if status != "success":
-                where.append(_NOT_SUCCESS)
         if func_name is not None:
             where.append("h.func_name = ?")
             params.append(func_name)
